@@ -1,0 +1,29 @@
+"""rag-retriever: normalized-cosine FAISS top-k, DuckDB metadata join, cross-encoder rerank, persisted safely.
+
+    from retriever import Retriever, RetrieverConfig, Document
+    with Retriever.create("my-index") as r:
+        r.upsert([Document(id="a", text="...", metadata={"lang": "en"})])
+        hits = r.search("question", k=5, filters={"lang": "en"})
+"""
+from .config import RetrieverConfig
+from .documents import Document
+from .errors import ConfigError, FilterError, IndexCorruptError, IndexMismatchError, InputError, RetrieverError
+from .results import DeleteReport, Hit, UpsertReport, VerifyReport
+from .retriever import Retriever
+
+__all__ = [
+    "Retriever",
+    "RetrieverConfig",
+    "Document",
+    "Hit",
+    "UpsertReport",
+    "DeleteReport",
+    "VerifyReport",
+    "RetrieverError",
+    "InputError",
+    "ConfigError",
+    "FilterError",
+    "IndexMismatchError",
+    "IndexCorruptError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,202 @@
+"""Typed, validated settings, loaded from TOML (``configs/default.toml``).
+
+A wrong key or value raises :class:`ConfigError` naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_EMBEDDING_MODEL = "builtin:all-MiniLM-L6-v2"
+DEFAULT_RERANK_MODEL = "builtin:ms-marco-MiniLM-L-12-v2"
+
+
+def _rule(*, choices: tuple | None = None, min: float | None = None, max: float | None = None) -> dict:
+    return {"choices": choices, "min": min, "max": max}
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    model: str = DEFAULT_EMBEDDING_MODEL
+    batch_size: int = field(default=64, metadata=_rule(min=1, max=4096))
+    device: str = field(default="cpu", metadata=_rule(choices=("cpu", "cuda", "mps")))
+    max_seq_length: int | None = field(default=None, metadata=_rule(min=8, max=8192))
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: str = field(default="flat", metadata=_rule(choices=("flat",)))
+    # below this many allowed documents a filtered search scans them exactly instead of using FAISS
+    exact_filter_threshold: int = field(default=2048, metadata=_rule(min=0))
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    enabled: bool = True
+    model: str = DEFAULT_RERANK_MODEL
+    candidates: int = field(default=20, metadata=_rule(min=1, max=10000))
+    batch_size: int = field(default=32, metadata=_rule(min=1, max=4096))
+    max_length: int = field(default=256, metadata=_rule(min=16, max=512))
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    # None: the embedding model's max sequence length minus its special tokens
+    max_tokens: int | None = field(default=None, metadata=_rule(min=16, max=8192))
+    overlap: int = field(default=32, metadata=_rule(min=0, max=4096))
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    id_field: str = "id"
+    text_field: str = "text"
+    # None: every other field becomes metadata; a list keeps only those fields
+    metadata_fields: tuple[str, ...] | None = None
+    # fields joined in front of the text field (for example a title), separated by a blank line
+    prepend_fields: tuple[str, ...] = ()
+    commit_every: int = field(default=512, metadata=_rule(min=1))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    # 0 = one per core. torch runs the models; FAISS (OpenMP) searches. They run one after the other
+    # in a query, so the default gives torch every core and FAISS one thread (its work here is tiny).
+    torch_threads: int = field(default=0, metadata=_rule(min=0, max=1024))
+    faiss_threads: int = field(default=1, metadata=_rule(min=0, max=1024))
+
+
+_SECTIONS = {
+    "embedding": EmbeddingConfig,
+    "index": IndexConfig,
+    "rerank": RerankConfig,
+    "chunking": ChunkingConfig,
+    "ingest": IngestConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+@dataclass(frozen=True)
+class RetrieverConfig:
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            section = getattr(self, name)
+            if not isinstance(section, cls):
+                raise ConfigError(f"config section [{name}] must be a {cls.__name__}, got {type(section).__name__}")
+            _validate_section(name, section)
+        if self.chunking.max_tokens is not None and self.chunking.overlap >= self.chunking.max_tokens:
+            raise ConfigError(
+                f"chunking.overlap = {self.chunking.overlap} must be smaller than chunking.max_tokens = "
+                f"{self.chunking.max_tokens}; lower the overlap or raise max_tokens"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "RetrieverConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a table of sections, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_SECTIONS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown section [{unknown[0]}]; allowed sections: {', '.join(_SECTIONS)}")
+        sections = {}
+        for name, section_cls in _SECTIONS.items():
+            raw = data.get(name, {})
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{source}: [{name}] must be a table, got {type(raw).__name__}")
+            sections[name] = _build_section(name, section_cls, raw, source)
+        return cls(**sections)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RetrieverConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}; pass an existing TOML file") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in _SECTIONS:
+            section = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in section.items()}
+        return out
+
+    def replace(self, **sections: Any) -> "RetrieverConfig":
+        """A copy with some sections replaced, e.g. ``config.replace(rerank={"enabled": False})``."""
+        data = self.to_dict()
+        for name, values in sections.items():
+            if name not in _SECTIONS:
+                raise ConfigError(f"unknown section [{name}]; allowed sections: {', '.join(_SECTIONS)}")
+            data[name] = {**data[name], **(dataclasses.asdict(values) if dataclasses.is_dataclass(values) else values)}
+        return RetrieverConfig.from_dict(data)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build_section(name: str, cls: type, raw: dict[str, Any], source: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {name}.{unknown[0]}; allowed keys in [{name}]: {', '.join(fields)}")
+    values = {}
+    for key, value in raw.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    ann = annotation.replace(" ", "")
+    optional = "|None" in ann
+    base = ann.replace("|None", "")
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{key} must not be empty (expected {base})")
+    ok = {
+        "str": lambda v: isinstance(v, str),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "tuple[str,...]": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
+    }[base](value)
+    if not ok:
+        expected = "a list of strings" if base.startswith("tuple") else f"of type {base}"
+        raise ConfigError(f"{key} = {value!r} must be {expected}")
+
+
+def _validate_section(name: str, section: Any) -> None:
+    for f in dataclasses.fields(section):
+        key = f"{name}.{f.name}"
+        value = getattr(section, f.name)
+        if isinstance(value, list):  # constructed in Python with a list
+            value = tuple(value)
+            object.__setattr__(section, f.name, value)
+        _check_type(key, value, f.type if isinstance(f.type, str) else _type_name(f.type))
+        rule = f.metadata or {}
+        if value is None:
+            continue
+        if rule.get("choices") and value not in rule["choices"]:
+            raise ConfigError(f"{key} = {value!r} is not allowed; allowed values: {', '.join(map(repr, rule['choices']))}")
+        lo, hi = rule.get("min"), rule.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{key} = {value!r} is out of range; it must be {rng}")

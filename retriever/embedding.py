@@ -1,0 +1,114 @@
+"""`Embedder`: sentence-transformers bi-encoder, batched, L2-normalized float32, with a fingerprint.
+
+torch and sentence-transformers are imported on first use, not on import.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+from . import runtime
+from .models import offline_env, resolve_embedder
+from .vectors import as_unit_vectors
+
+# Fixed texts whose embeddings identify a model's weights: the same name behind other weights shows here.
+FINGERPRINT_PROBES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Mitochondria produce ATP through cellular respiration.",
+    "What is the refund policy for enterprise customers?",
+)
+FINGERPRINT_MIN_COSINE = 0.999
+
+
+class Embedder:
+    def __init__(self, model: str, *, batch_size: int = 64, device: str = "cpu", max_seq_length: int | None = None):
+        self.name = model
+        self.batch_size = batch_size
+        self.device = device
+        self._max_seq_length = max_seq_length
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    offline_env()
+                    import torch  # noqa: F401  (heavy: only here)
+
+                    runtime.torch_loaded()
+                    from sentence_transformers import SentenceTransformer
+
+                    path = resolve_embedder(self.name)
+                    try:
+                        m = SentenceTransformer(path, device=self.device)
+                    except (OSError, ValueError) as e:
+                        raise InputError(
+                            f"embedding model {self.name!r} could not be loaded ({e}); give a local path or a "
+                            "model name available offline, or the builtin 'builtin:all-MiniLM-L6-v2'"
+                        ) from None
+                    if self._max_seq_length:
+                        m.max_seq_length = self._max_seq_length
+                    m.eval()
+                    self._model = m
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def max_content_tokens(self) -> int:
+        """Tokens of text that fit one sequence once the special tokens ([CLS], [SEP]) are added."""
+        return self.max_seq_length - self.tokenizer.num_special_tokens_to_add(pair=False)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
+                             verbose=False)
+        return [tuple(span) for span in enc["offset_mapping"]]
+
+    def encode(self, texts: Sequence[str], *, show_progress_bar: bool = False) -> np.ndarray:
+        """(n, dim) float32, every row of unit length."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=show_progress_bar,
+            )
+        return as_unit_vectors(out, self.dim, what="embeddings from the model")
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+    def fingerprint(self) -> dict:
+        """Name, dimension and the probe embeddings (rounded) that identify these weights."""
+        probes = self.encode(FINGERPRINT_PROBES)
+        return {
+            "probes": [[round(float(x), 5) for x in row] for row in probes],
+        }
+
+    @staticmethod
+    def same_weights(a: dict, b: dict) -> bool:
+        pa, pb = np.asarray(a.get("probes", []), np.float32), np.asarray(b.get("probes", []), np.float32)
+        if pa.shape != pb.shape or pa.size == 0:
+            return False
+        cos = (pa * pb).sum(1) / (np.linalg.norm(pa, axis=1) * np.linalg.norm(pb, axis=1))
+        return bool(np.all(cos >= FINGERPRINT_MIN_COSINE))

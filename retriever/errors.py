@@ -1,0 +1,29 @@
+"""Errors users can act on. Each message names the input, the rule and the fix."""
+
+
+class RetrieverError(Exception):
+    """Base class: something went wrong that is not the caller's input (CLI exit code 1)."""
+
+    exit_code = 1
+
+
+class InputError(RetrieverError, ValueError):
+    """The caller's input breaks a rule (CLI exit code 2). Nothing stored was changed."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A configuration key or value is wrong."""
+
+
+class FilterError(InputError):
+    """A search filter is malformed or uses an unknown operator."""
+
+
+class IndexMismatchError(RetrieverError):
+    """The index on disk was built with a different embedding model or format."""
+
+
+class IndexCorruptError(RetrieverError):
+    """The index on disk is damaged beyond automatic repair."""

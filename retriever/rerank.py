@@ -1,0 +1,64 @@
+"""`Reranker`: a sentence-transformers CrossEncoder scoring (query, passage) pairs in batches.
+
+The model loads on first use, so `search(..., rerank=False)` never loads it. torch is imported lazily.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+from . import runtime
+from .models import offline_env, resolve_reranker
+
+
+class Reranker:
+    def __init__(self, model: str, *, batch_size: int = 32, max_length: int = 256, device: str = "cpu"):
+        self.name = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self):
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    offline_env()
+                    import torch  # noqa: F401  (heavy: only here)
+
+                    runtime.torch_loaded()
+                    from sentence_transformers import CrossEncoder
+
+                    path = resolve_reranker(self.name)
+                    try:
+                        self._model = CrossEncoder(path, device=self.device, max_length=self.max_length)
+                    except (OSError, ValueError) as e:
+                        raise InputError(
+                            f"rerank model {self.name!r} could not be loaded ({e}); give a local path or a model "
+                            "available offline, or the builtin 'builtin:ms-marco-MiniLM-L-12-v2'"
+                        ) from None
+        return self._model
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Relevance of each (query, passage) pair; higher is more relevant (sigmoid of the logit: 0..1)."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        import torch
+
+        with torch.inference_mode():
+            scores = self.model.predict(
+                [(q, p) for q, p in pairs], batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
+            )
+        return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        return self.score_pairs([(query, p) for p in passages])

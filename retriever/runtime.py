@@ -1,0 +1,54 @@
+"""Thread layout: torch, FAISS (OpenMP) and BLAS set together so they don't oversubscribe the cores.
+
+Set when a Retriever opens (never on import): FAISS's OpenMP pool right away, torch's intra-op pool as
+soon as torch is imported by a model load. In a query they run one after the other, so the default gives
+torch every core and FAISS one thread (a flat search over thousands of vectors is sub-millisecond).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+_wanted_torch: int | None = None
+
+
+def cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure(torch_threads: int = 0, faiss_threads: int = 1) -> tuple[int, int]:
+    """Record and apply the thread counts (0 = one per core). Returns (torch, faiss)."""
+    global _wanted_torch
+    import faiss
+
+    t = torch_threads or cores()
+    f = faiss_threads or cores()
+    faiss.omp_set_num_threads(f)
+    _wanted_torch = t
+    if "torch" in sys.modules:
+        torch_loaded()
+    return t, f
+
+
+def torch_loaded() -> None:
+    """Called right after torch is imported by a model load."""
+    if _wanted_torch is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != _wanted_torch:
+        torch.set_num_threads(_wanted_torch)
+
+
+def current() -> dict:
+    import faiss
+
+    out = {"cores": cores(), "faiss_threads": faiss.omp_get_max_threads()}
+    if "torch" in sys.modules:
+        import torch
+
+        out["torch_threads"] = torch.get_num_threads()
+    return out
