@@ -85,15 +85,24 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         import torch
 
-        with torch.inference_mode():
-            out = self.model.encode(
-                texts,
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=show_progress_bar,
-            )
-        return as_unit_vectors(out, self.dim, what="embeddings from the model")
+        step = self.batch_size * 4
+        bar = None
+        if show_progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(texts), unit="text", desc="embed", leave=True)
+        parts = []
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(texts), step):
+                    parts.append(self.model.encode(texts[i:i + step], batch_size=self.batch_size, convert_to_numpy=True,
+                                                   normalize_embeddings=True, show_progress_bar=False))
+                    if bar is not None:
+                        bar.update(len(parts[-1]))
+        finally:
+            if bar is not None:
+                bar.close()
+        return as_unit_vectors(np.concatenate(parts), self.dim, what="embeddings from the model")
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]

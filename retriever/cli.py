@@ -1,0 +1,255 @@
+"""The `retriever` command. Subcommands import what they need when they run, so `--help` stays light
+(no torch). Exit codes: 0 ok, 2 bad input, 1 failure."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEMO_QUERIES = (
+    "Why did the server crash?",
+    "What is the effectiveness rate of the vaccine?",
+    "How does photosynthesis work?",
+    "What is the price of the enterprise plan?",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="retriever",
+        description="Retrieval for RAG: FAISS cosine top-k, DuckDB metadata, cross-encoder rerank.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("ingest", help="add or replace documents from a JSONL, CSV or Parquet file")
+    s.add_argument("data", metavar="DATA", help="a .jsonl, .csv or .parquet file")
+    s.add_argument("--index", required=True, metavar="DIR", help="index directory (created if missing)")
+    s.add_argument("--config", metavar="FILE", help="TOML settings for a new index (see configs/default.toml)")
+    s.add_argument("--id-field", help="field holding the document id (default [ingest] id_field)")
+    s.add_argument("--text-field", help="field holding the text (default [ingest] text_field)")
+    s.add_argument("--metadata-fields", help="comma-separated fields kept as metadata (default: all others)")
+    s.add_argument("--dedupe", action="store_true", help="keep the first row of a repeated id instead of failing")
+
+    s = sub.add_parser("search", help="search an index")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("query", metavar="TEXT")
+    s.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
+    s.add_argument("--filter", metavar="JSON", help='metadata filter, e.g. \'{"domain": "biology"}\'')
+    s.add_argument("--no-rerank", action="store_true", help="skip the cross-encoder")
+    s.add_argument("--json", action="store_true", help='print {"hits": [...]}')
+
+    s = sub.add_parser("delete", help="delete documents by id")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("ids", metavar="ID", nargs="+")
+
+    s = sub.add_parser("info", help="counts, model, index kind, sizes")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("verify", help="check the FAISS snapshot, ids and model against DuckDB")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("rebuild", help="rebuild FAISS from the vectors stored in DuckDB (no re-embedding)")
+    s.add_argument("index", metavar="DIR")
+
+    s = sub.add_parser("reembed", help="re-embed the stored text with another model into a new generation")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--model", required=True, metavar="NAME", help="sentence-transformers name or path, or builtin:...")
+    s.add_argument("--batch-size", type=int)
+
+    s = sub.add_parser("demo", help="ingest the bundled fitz-gov subset and run a few queries")
+    s.add_argument("--index", default="demo-index", metavar="DIR", help="where to build it (replaced if it exists)")
+    s.add_argument("--docs", type=int, default=1000, help="number of fitz-gov documents (default 1000)")
+    s.add_argument("-k", type=int, default=3)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .errors import RetrieverError
+
+    try:
+        return {
+            "ingest": cmd_ingest, "search": cmd_search, "delete": cmd_delete, "info": cmd_info, "verify": cmd_verify,
+            "rebuild": cmd_rebuild, "reembed": cmd_reembed, "demo": cmd_demo,
+        }[args.command](args)
+    except RetrieverError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; every acknowledged batch is stored", file=sys.stderr)
+        return 130
+
+
+def _bad(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_ingest(args) -> int:
+    from tqdm import tqdm
+
+    from . import Retriever, RetrieverConfig
+    from .documents import load_records, records_to_documents, validate_documents
+
+    index = Path(args.index)
+    exists = (index / "manifest.json").is_file()
+    config = RetrieverConfig.from_toml(args.config) if args.config else None
+    if exists:
+        r = Retriever.open(index, config)
+    else:
+        r = Retriever.create(index, config or RetrieverConfig())
+    with r:
+        ing = r.config.ingest
+        fields = args.metadata_fields.split(",") if args.metadata_fields else ing.metadata_fields
+        rows = load_records(args.data)
+        docs = records_to_documents(
+            rows, id_field=args.id_field or ing.id_field, text_field=args.text_field or ing.text_field,
+            metadata_fields=fields, prepend_fields=ing.prepend_fields, source=str(args.data), dedupe=args.dedupe,
+        )
+        validate_documents(docs)  # the whole file, before anything is embedded or written
+        t0, added, updated, vectors = time.perf_counter(), 0, 0, 0
+        step = ing.commit_every
+        with tqdm(total=len(docs), unit="doc", desc="ingest", file=sys.stderr) as bar:
+            for i in range(0, len(docs), step):
+                rep = r.upsert(docs[i:i + step])
+                added, updated, vectors = added + rep.added, updated + rep.updated, vectors + rep.vectors
+                bar.update(rep.documents)
+        r.save()
+        dt = time.perf_counter() - t0
+        print(f"ingested {len(docs)} documents into {index} ({added} new, {updated} replaced, {vectors} vectors) "
+              f"in {dt:.1f}s ({len(docs) / max(dt, 1e-9):.1f} docs/s)")
+    return 0
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+        return
+    if not hits:
+        print("no hits")
+    for h in hits:
+        rr = "      -" if h.rerank_score is None else f"{h.rerank_score:7.4f}"
+        text = " ".join(h.text.split())
+        print(f"{h.rank:>3}. {h.id:<28} rerank {rr}  cosine {h.retrieval_score:6.3f}  {text[:90]}")
+
+
+def cmd_search(args) -> int:
+    from . import Retriever
+
+    filters = None
+    if args.filter:
+        try:
+            filters = json.loads(args.filter)
+        except json.JSONDecodeError as e:
+            return _bad(f"--filter is not valid JSON ({e.msg}); e.g. --filter '{{\"domain\": \"biology\"}}'")
+    with Retriever.open(args.index, read_only=True) as r:
+        hits = r.search(args.query, k=args.k, filters=filters, rerank=not args.no_rerank)
+    _print_hits(hits, args.json)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from . import Retriever
+
+    with Retriever.open(args.index) as r:
+        rep = r.delete(args.ids)
+    print(f"deleted {rep.deleted} documents ({rep.vectors} vectors)")
+    if rep.missing:
+        print(f"not found: {', '.join(rep.missing)}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from . import Retriever
+
+    with Retriever.open(args.index, read_only=True) as r:
+        stats = r.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        for k, v in stats.items():
+            print(f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from . import Retriever
+
+    with Retriever.open(args.index, read_only=True) as r:
+        rep = r.verify()
+        recovered = r.recovered
+    if args.json:
+        print(json.dumps({**rep.to_dict(), "recovered_on_open": recovered}, indent=2))
+    else:
+        if recovered:
+            print(f"note: on open, {recovered}")
+        for k, v in rep.checks.items():
+            print(f"{k:>22}: {v}")
+        print("ok" if rep.ok else "problems:\n  " + "\n  ".join(rep.problems))
+    return 0 if rep.ok else 1
+
+
+def cmd_rebuild(args) -> int:
+    from . import Retriever
+
+    t0 = time.perf_counter()
+    with Retriever.open(args.index) as r:
+        n = r.rebuild()
+    print(f"rebuilt {args.index}: {n} vectors from DuckDB in {time.perf_counter() - t0:.2f}s")
+    return 0
+
+
+def cmd_reembed(args) -> int:
+    from . import Retriever
+
+    with Retriever.open(args.index) as r:
+        out = r.reembed(args.model, batch_size=args.batch_size, show_progress=True)
+    print(f"re-embedded {out['vectors']} texts with {out['model']} ({out['dim']}-d) into generation "
+          f"{out['generation']} in {out['seconds']}s")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import shutil
+
+    from . import Retriever, RetrieverConfig
+    from .datasets import fitz_gov_subset
+
+    if args.docs < 1:
+        return _bad(f"--docs {args.docs} must be at least 1")
+    docs, queries = fitz_gov_subset(args.docs)
+    index = Path(args.index)
+    if index.exists():
+        if not (index / "manifest.json").is_file():
+            return _bad(f"{index} exists and is not an index; pass another --index")
+        shutil.rmtree(index)
+    t0 = time.perf_counter()
+    print(f"demo: {len(docs)} fitz-gov documents -> {index}", file=sys.stderr)
+    with Retriever.create(index, RetrieverConfig()) as r:
+        rep = r.upsert(docs, show_progress=True)
+        r.save()
+        t1 = time.perf_counter()
+        print(f"ingested {rep.documents} documents ({rep.vectors} vectors) in {t1 - t0:.1f}s "
+              f"({rep.documents / (t1 - t0):.1f} docs/s, model load included)\n")
+        relevant = {q.query: set(q.relevant) for q in queries}
+        for query in DEMO_QUERIES:
+            t = time.perf_counter()
+            hits = r.search(query, k=args.k)
+            ms = (time.perf_counter() - t) * 1000
+            print(f'query: "{query}"  ({ms:.0f} ms with rerank)')
+            for h in hits:
+                mark = " *" if h.id in relevant.get(query, ()) else ""
+                label = h.metadata.get("title") or " ".join(h.text.split())[:60]
+                print(f"  {h.rank}. {h.id:<26} rerank {h.rerank_score:.4f}  cosine {h.retrieval_score:.3f}  {label}{mark}")
+            print()
+    print(f"done in {time.perf_counter() - t0:.1f}s; * = labeled relevant in fitz-gov. "
+          f'Try: retriever search {index} "your question" -k 5')
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
