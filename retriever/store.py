@@ -32,6 +32,8 @@ class WriteResult:
 
 
 class Store:
+    """Writes go through `self.con` inside explicit transactions; every result on it is fetched to the end
+    (DuckDB refuses new work on a connection with an unfinished result). Reads use a fresh cursor each."""
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, dim: int, read_only: bool):
         self.con = con
         self.path = path
@@ -78,7 +80,7 @@ class Store:
     def close(self) -> None:
         try:
             if not self.read_only:
-                self.con.execute("CHECKPOINT")
+                self.con.execute("CHECKPOINT").fetchall()
         finally:
             self.con.close()
 
@@ -108,7 +110,7 @@ class Store:
             ).fetchall()
             removed = np.array([r[0] for r in old], dtype=np.int64)
             if len(removed):
-                con.execute("DELETE FROM documents WHERE vid IN (SELECT unnest(?::BIGINT[]))", [removed.tolist()])
+                con.execute("DELETE FROM documents WHERE vid IN (SELECT unnest(?::BIGINT[]))", [removed.tolist()]).fetchall()
                 self._log(con, "del", removed)
             con.register("_batch", batch)
             added = con.execute(
@@ -147,16 +149,16 @@ class Store:
         if len(vids):
             con.execute(
                 "INSERT INTO changelog SELECT nextval('changelog_seq'), ?, unnest(?::BIGINT[])", [op, vids.tolist()]
-            )
-        return int(con.execute("SELECT coalesce(max(seq), 0) FROM changelog").fetchone()[0])
+            ).fetchall()
+        return int(con.execute("SELECT coalesce(max(seq), 0) FROM changelog").fetchall()[0][0])
 
     def prune_changelog(self, upto_seq: int) -> None:
         """Drop entries every kept snapshot already covers; remember the point so replays know their limit."""
         con = self.con
         con.begin()
         try:
-            con.execute("DELETE FROM changelog WHERE seq <= ?", [int(upto_seq)])
-            con.execute("INSERT OR REPLACE INTO info VALUES ('pruned_upto', ?)", [str(int(upto_seq))])
+            con.execute("DELETE FROM changelog WHERE seq <= ?", [int(upto_seq)]).fetchall()
+            con.execute("INSERT OR REPLACE INTO info VALUES ('pruned_upto', ?)", [str(int(upto_seq))]).fetchall()
             con.commit()
         except BaseException:
             con.rollback()
@@ -167,7 +169,7 @@ class Store:
         return 0 if v is None else int(v[0])
 
     def checkpoint(self) -> None:
-        self.con.execute("CHECKPOINT")
+        self.con.execute("CHECKPOINT").fetchall()
 
     # ----------------------------------------------------------------------------------------------- reads
     def _cursor(self):

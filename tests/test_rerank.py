@@ -1,0 +1,82 @@
+"""5. Rerank: the cross-encoder reorders the top candidates, its score has its own field, rerank=False never
+loads it."""
+import pytest
+
+from retriever import Document, Retriever, RetrieverConfig
+
+QUERY = "what is the capital of france?"
+DOCS = [
+    Document("answer", "Paris is the capital and largest city of France."),
+    Document("echo", "What is the capital of France? This is a frequently asked question about the capital of France."),
+    Document("lyon", "Lyon is a large city in France known for its cuisine."),
+    Document("quiz", "Quiz: capitals of European countries, France, Spain and Italy."),
+    Document("banana", "Bananas are rich in potassium."),
+]
+
+
+@pytest.fixture
+def france(tmp_path, model_cache):
+    r = Retriever.create(tmp_path / "france", RetrieverConfig())
+    r.upsert(DOCS)
+    yield r
+    r.close()
+
+
+@pytest.mark.real
+def test_cross_encoder_fixes_a_lexical_false_positive(france):
+    plain = france.search(QUERY, k=5, rerank=False)
+    reranked = france.search(QUERY, k=5)
+    # the bi-encoder is fooled by the document that repeats the question; the cross-encoder is not
+    assert plain[0].id == "echo"
+    assert reranked[0].id == "answer"
+    assert [h.id for h in plain] != [h.id for h in reranked]
+    for h in reranked:
+        assert 0.0 <= h.rerank_score <= 1.0 and h.score == h.rerank_score
+        assert -1.0 <= h.retrieval_score <= 1.0
+    # retrieval scores are the same cosines with or without rerank
+    cos = {h.id: h.retrieval_score for h in plain}
+    assert all(h.retrieval_score == pytest.approx(cos[h.id], abs=1e-6) for h in reranked)
+    assert [h.rerank_score for h in reranked] == sorted((h.rerank_score for h in reranked), reverse=True)
+    assert reranked[-1].id == "banana" and reranked[-1].rerank_score < 0.01
+
+
+@pytest.mark.real
+def test_only_the_configured_candidates_are_reranked(france):
+    path = france.path
+    france.close()
+    with Retriever.open(path, RetrieverConfig().replace(rerank={"candidates": 1})) as r:
+        # one candidate: the reranker cannot reach past the retrieval top-1 ("echo")
+        assert [h.id for h in r.search(QUERY, k=1)] == ["echo"]
+        # k above candidates: k are retrieved and reranked
+        hits = r.search(QUERY, k=3)
+        assert len(hits) == 3 and hits[0].id == "answer"
+        top3 = {h.id for h in r.search(QUERY, k=3, rerank=False)}
+        assert {h.id for h in hits} == top3
+
+
+@pytest.mark.real
+def test_rerank_false_and_disabled_never_load_the_cross_encoder(corpus_index, tmp_path):
+    from conftest import copy_index
+
+    path = copy_index(corpus_index.path, tmp_path / "copy")
+    with Retriever.open(path, read_only=True) as r:
+        r.reranker._model = None  # a fresh process-wide cache may hold it: this instance must not ask
+        hits = r.search("vaccine effectiveness", k=5, rerank=False)
+        assert len(hits) == 5 and all(h.rerank_score is None for h in hits)
+        assert not r.reranker.loaded
+    off = RetrieverConfig().replace(rerank={"enabled": False})
+    with Retriever.open(path, off, read_only=True) as r:
+        hits = r.search("vaccine effectiveness", k=5)  # rerank=True asked, but disabled in config
+        assert all(h.rerank_score is None for h in hits) and not r.reranker.loaded
+
+
+@pytest.mark.real
+def test_search_batch_equals_single_searches(france):
+    queries = [QUERY, "bananas and potassium", "a city known for food"]
+    batch = france.search_batch(queries, k=3)
+    for q, hits in zip(queries, batch):
+        single = france.search(q, k=3)
+        assert [h.id for h in hits] == [h.id for h in single]
+        for a, b in zip(hits, single):
+            assert a.rerank_score == pytest.approx(b.rerank_score, abs=1e-4)
+            assert a.retrieval_score == pytest.approx(b.retrieval_score, abs=1e-5)
