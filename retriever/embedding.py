@@ -9,9 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
-from . import runtime
-from .models import files_stamp, offline_env, resolve_embedder
+from .models import load_model, resolve_embedder
 from .vectors import as_unit_vectors
 
 # Fixed texts whose embeddings identify a model's weights: the same name behind other weights shows here.
@@ -21,18 +19,6 @@ FINGERPRINT_PROBES = (
     "What is the refund policy for enterprise customers?",
 )
 FINGERPRINT_MIN_COSINE = 0.999
-
-# One loaded model per (name, device, max_seq_length) in a process: opening several indexes, or reopening
-# one, does not load the weights again. Models are only read after loading, so sharing is safe.
-_LOADED: dict[tuple, object] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def forget_loaded_models() -> None:
-    """Drop the process-wide model cache (for example after the weights on disk changed)."""
-    with _CACHE_LOCK:
-        _LOADED.clear()
-
 
 class Embedder:
     def __init__(self, model: str, *, batch_size: int = 64, device: str = "cpu", max_seq_length: int | None = None):
@@ -48,30 +34,17 @@ class Embedder:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    offline_env()
-                    import torch  # noqa: F401  (heavy: only here)
-
-                    runtime.torch_loaded()
-                    from sentence_transformers import SentenceTransformer
-
-                    path = resolve_embedder(self.name)
-                    key = (self.name, self.device, self._max_seq_length, files_stamp(path))
-                    with _CACHE_LOCK:
-                        m = _LOADED.get(key)
-                        if m is None:
-                            try:
-                                m = SentenceTransformer(path, device=self.device)
-                            except (OSError, ValueError) as e:
-                                raise InputError(
-                                    f"embedding model {self.name!r} could not be loaded ({e}); give a local path or a "
-                                    "model name available offline, or the builtin 'builtin:all-MiniLM-L6-v2'"
-                                ) from None
-                            if self._max_seq_length:
-                                m.max_seq_length = self._max_seq_length
-                            m.eval()
-                            _LOADED[key] = m
-                    self._model = m
+                    self._model = load_model("embedding", self.name, resolve_embedder, self._construct,
+                                             (self.device, self._max_seq_length), "builtin:all-MiniLM-L6-v2")
         return self._model
+
+    def _construct(self, path: str):
+        from sentence_transformers import SentenceTransformer
+
+        m = SentenceTransformer(path, device=self.device)
+        if self._max_seq_length:
+            m.max_seq_length = self._max_seq_length
+        return m.eval()
 
     @property
     def dim(self) -> int:

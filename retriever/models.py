@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
+from typing import Callable
 
 from .errors import InputError, RetrieverError
 
@@ -41,6 +43,43 @@ def offline_env() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+
+
+_LOADED: dict[tuple, object] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_model(kind: str, name: str, resolve: Callable[[str], str], construct: Callable[[str], object],
+               options: tuple, builtin: str) -> object:
+    """Load a model once per process for (kind, name, options, files on disk): reopening an index or opening
+    several does not load the weights again, and changed weights on disk are not served from the cache.
+    Models are only read after loading, so sharing them is safe."""
+    offline_env()
+    import torch  # noqa: F401  (heavy: imported only when a model is needed)
+
+    from . import runtime
+
+    runtime.torch_loaded()
+    path = resolve(name)
+    key = (kind, name, options, files_stamp(path))
+    with _LOADED_LOCK:
+        model = _LOADED.get(key)
+        if model is None:
+            try:
+                model = construct(path)
+            except (OSError, ValueError) as e:
+                raise InputError(
+                    f"{kind} model {name!r} could not be loaded ({e}); give a local path or a model name available "
+                    f"offline, or the builtin {builtin!r}"
+                ) from None
+            _LOADED[key] = model
+    return model
+
+
+def forget_loaded_models() -> None:
+    """Drop the process-wide model cache."""
+    with _LOADED_LOCK:
+        _LOADED.clear()
 
 
 def _package_dir(package: str, hint: str) -> Path:

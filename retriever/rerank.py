@@ -9,13 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
-from . import runtime
-from .models import files_stamp, offline_env, resolve_reranker
-
-
-_LOADED: dict[tuple, object] = {}  # one loaded cross-encoder per (name, device, max_length) in a process
-_CACHE_LOCK = threading.Lock()
+from .models import load_model, resolve_reranker
 
 
 class Reranker:
@@ -36,27 +30,14 @@ class Reranker:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    offline_env()
-                    import torch  # noqa: F401  (heavy: only here)
-
-                    runtime.torch_loaded()
-                    from sentence_transformers import CrossEncoder
-
-                    path = resolve_reranker(self.name)
-                    key = (self.name, self.device, self.max_length, files_stamp(path))
-                    with _CACHE_LOCK:
-                        m = _LOADED.get(key)
-                        if m is None:
-                            try:
-                                m = CrossEncoder(path, device=self.device, max_length=self.max_length)
-                            except (OSError, ValueError) as e:
-                                raise InputError(
-                                    f"rerank model {self.name!r} could not be loaded ({e}); give a local path or a "
-                                    "model available offline, or the builtin 'builtin:ms-marco-MiniLM-L-12-v2'"
-                                ) from None
-                            _LOADED[key] = m
-                    self._model = m
+                    self._model = load_model("rerank", self.name, resolve_reranker, self._construct,
+                                             (self.device, self.max_length), "builtin:ms-marco-MiniLM-L-12-v2")
         return self._model
+
+    def _construct(self, path: str):
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(path, device=self.device, max_length=self.max_length)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Relevance of each (query, passage) pair; higher is more relevant (sigmoid of the logit: 0..1)."""

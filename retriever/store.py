@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -85,6 +86,17 @@ class Store:
             self.con.close()
 
     # ---------------------------------------------------------------------------------------------- writes
+    @contextmanager
+    def _transaction(self):
+        con = self.con
+        con.begin()
+        try:
+            yield con
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
     def upsert(self, keys: Sequence[str], rows: Sequence[tuple[str, str | None, str, dict]], vectors: np.ndarray) -> WriteResult:
         """Replace every row whose id or parent_id is in `keys` with `rows` (id, parent_id, text, metadata), in one
         transaction with its changelog entries."""
@@ -100,9 +112,7 @@ class Store:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, np.float32).ravel()), self.dim),
         })
         key_list = list(keys)
-        con = self.con
-        con.begin()
-        try:
+        with self._transaction() as con:
             old = con.execute(
                 "SELECT vid, coalesce(parent_id, id) FROM documents WHERE id IN (SELECT unnest(?::VARCHAR[])) "
                 "OR parent_id IN (SELECT unnest(?::VARCHAR[]))",
@@ -120,17 +130,11 @@ class Store:
             con.unregister("_batch")
             added_vids = np.array([r[0] for r in added], dtype=np.int64)
             seq = self._log(con, "add", added_vids)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         return WriteResult(added_vids, tuple(r[1] for r in added), removed, frozenset(r[1] for r in old), seq)
 
     def delete(self, keys: Sequence[str]) -> WriteResult:
         key_list = list(keys)
-        con = self.con
-        con.begin()
-        try:
+        with self._transaction() as con:
             old = con.execute(
                 "DELETE FROM documents WHERE id IN (SELECT unnest(?::VARCHAR[])) OR parent_id IN (SELECT unnest(?::VARCHAR[])) "
                 "RETURNING vid, coalesce(parent_id, id)",
@@ -138,10 +142,6 @@ class Store:
             ).fetchall()
             removed = np.array([r[0] for r in old], dtype=np.int64)
             seq = self._log(con, "del", removed)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         return WriteResult(np.zeros(0, np.int64), (), removed, frozenset(r[1] for r in old), seq)
 
     @staticmethod
@@ -154,15 +154,9 @@ class Store:
 
     def prune_changelog(self, upto_seq: int) -> None:
         """Drop entries every kept snapshot already covers; remember the point so replays know their limit."""
-        con = self.con
-        con.begin()
-        try:
+        with self._transaction() as con:
             con.execute("DELETE FROM changelog WHERE seq <= ?", [int(upto_seq)]).fetchall()
             con.execute("INSERT OR REPLACE INTO info VALUES ('pruned_upto', ?)", [str(int(upto_seq))]).fetchall()
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
 
     def pruned_upto(self) -> int:
         v = self._cursor().execute("SELECT value FROM info WHERE key = 'pruned_upto'").fetchone()
