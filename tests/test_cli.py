@@ -153,3 +153,21 @@ def test_console_script_is_installed_and_exit_codes_cross_the_process_boundary(t
     out = subprocess.run([exe, "info", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "not a rag-retriever index" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.real
+def test_demo_runs_on_the_bundled_corpus(tmp_path, capsys, model_cache):
+    index = tmp_path / "demo"
+    assert main(["demo", "--index", str(index), "--docs", "40", "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ingested 40 documents" in out
+    assert out.count('query: "') == 4 and "rerank" in out and "cosine" in out
+    assert main(["demo", "--index", str(index), "--docs", "0"]) == 2  # bad input, index left alone
+    assert (index / "manifest.json").is_file()
+
+
+def test_quickstart_example_runs(model_cache):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "reranked:" in out.stdout and "ok=True" in out.stdout
