@@ -122,7 +122,8 @@ def files_stamp(path: str) -> tuple:
     p = Path(path)
     if not p.is_dir():
         return ()
-    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file()))
+    return tuple(sorted((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
+                        for f in p.rglob("*") if f.is_file()))
 
 
 def packaged_reranker_source() -> Path:

@@ -188,10 +188,13 @@ class Retriever:
 
     @staticmethod
     def _remove_stale_generations(root: Path, current: int) -> None:
-        """Generations other than the current one are leftovers of an interrupted or finished re-embed."""
+        """Leftovers of an interrupted save or re-embed: other generations and temporary files (the writer lock
+        is held, so no other process is writing them)."""
         for d in root.glob("gen-*"):
             if d.is_dir() and d != generation_dir(root, current):
                 shutil.rmtree(d, ignore_errors=True)
+        for tmp in [*root.glob(f".{MANIFEST}.tmp-*"), *generation_dir(root, current).glob(f".{SNAPSHOT}.tmp-*")]:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _load_index(gdir: Path, manifest: dict, store: Store, kind: str) -> tuple[VectorIndex, str | None]:

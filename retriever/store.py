@@ -176,7 +176,9 @@ class Store:
         return int(self._cursor().execute("SELECT count(DISTINCT coalesce(parent_id, id)) FROM documents").fetchone()[0])
 
     def last_seq(self) -> int:
-        return int(self._cursor().execute("SELECT coalesce(max(seq), 0) FROM changelog").fetchone()[0])
+        """The newest changelog seq; it never goes back, even when pruning emptied the changelog."""
+        return max(int(self._cursor().execute("SELECT coalesce(max(seq), 0) FROM changelog").fetchone()[0]),
+                   self.pruned_upto())
 
     def first_seq(self) -> int | None:
         v = self._cursor().execute("SELECT min(seq) FROM changelog").fetchone()[0]
