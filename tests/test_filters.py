@@ -111,7 +111,7 @@ def test_filtered_search_returns_min_k_matches_all_matching(corpus_index, thresh
 @pytest.mark.real
 def test_selector_and_exact_scan_agree(corpus_index):
     r = corpus_index
-    f = {"$or": [{"domain": "biology"}, {"tags": {"$contains": "metabolism"}}, {"domain": {"$exists": False}}]}
+    f = {"$or": [{"domain": "science"}, {"tags": {"$contains": "genetics"}}, {"domain": {"$exists": False}}]}
     q = r.embedder.encode(["how cells make energy"])
     allowed = r._allowed({"domain": {"$ne": "nothing"}})
     s_sel, v_sel = r._index.search(q, 20, allowed)
@@ -121,7 +121,9 @@ def test_selector_and_exact_scan_agree(corpus_index):
     finally:
         r.config = r.config.replace(index={"exact_filter_threshold": 2048})
     np.testing.assert_allclose(s_sel, s_ex, atol=1e-5)
-    assert r.search("how cells make energy", k=5, filters=f, rerank=False) is not None
+    hits = r.search("how cells make energy", k=5, filters=f, rerank=False)
+    assert len(hits) == 5
+    assert all(h.metadata.get("domain") in (None, "science") or "genetics" in h.metadata.get("tags", []) for h in hits)
 
 
 @pytest.mark.real
@@ -130,3 +132,14 @@ def test_filtered_search_with_rerank_keeps_the_filter(corpus_index):
     hits = r.search("Why did the server crash?", k=3, filters={"domain": {"$ne": "biology"}})
     assert len(hits) == 3 and all(h.metadata.get("domain") != "biology" for h in hits)
     assert all(h.rerank_score is not None for h in hits)
+
+
+@pytest.mark.real
+def test_injection_through_the_real_index_matches_nothing_and_changes_nothing(corpus_index):
+    r = corpus_index
+    before = r._store.count()
+    for evil in ["biology' OR '1'='1", "x'); DELETE FROM documents; --", "' OR TRUE --"]:
+        assert r.search("cells", k=5, filters={"domain": evil}, rerank=False) == []
+        assert r.search("cells", k=5, filters={"domain": {"$in": [evil]}}, rerank=False) == []
+    assert r._store.count() == before
+    assert len(r.search("cells", k=5, filters={"domain": {"$nin": ["' OR TRUE --"]}}, rerank=False)) == 5
