@@ -40,7 +40,7 @@ class RerankConfig:
     enabled: bool = True
     model: str = DEFAULT_RERANK_MODEL
     candidates: int = field(default=20, metadata=_rule(min=1, max=10000))
-    batch_size: int = field(default=32, metadata=_rule(min=1, max=4096))
+    batch_size: int = field(default=8, metadata=_rule(min=1, max=4096))
     max_length: int = field(default=256, metadata=_rule(min=16, max=512))
 
 

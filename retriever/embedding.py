@@ -74,6 +74,10 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         import torch
 
+        # longest first over the whole input (sentence-transformers only sorts within one call), so batches
+        # carry little padding even though the progress bar feeds it slices
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        texts = [texts[i] for i in order]
         step = self.batch_size * 4
         bar = None
         if show_progress_bar:
@@ -91,7 +95,9 @@ class Embedder:
         finally:
             if bar is not None:
                 bar.close()
-        return as_unit_vectors(np.concatenate(parts), self.dim, what="embeddings from the model")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out[order] = np.concatenate(parts)
+        return as_unit_vectors(out, self.dim, what="embeddings from the model")
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]

@@ -45,11 +45,14 @@ class Reranker:
             return np.zeros(0, dtype=np.float32)
         import torch
 
+        # sorted by length so each batch pads to a similar length, not to the longest pair of the query
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         with torch.inference_mode():
-            scores = self.model.predict(
-                [(q, p) for q, p in pairs], batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
-            )
-        return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
+            scores = self.model.predict([pairs[i] for i in order], batch_size=self.batch_size,
+                                        show_progress_bar=False, convert_to_numpy=True)
+        out = np.empty(len(pairs), dtype=np.float32)
+        out[order] = np.asarray(scores, dtype=np.float32).reshape(len(pairs))
+        return out
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         return self.score_pairs([(query, p) for p in passages])
