@@ -76,12 +76,6 @@ def load_model(kind: str, name: str, resolve: Callable[[str], str], construct: C
     return model
 
 
-def forget_loaded_models() -> None:
-    """Drop the process-wide model cache."""
-    with _LOADED_LOCK:
-        _LOADED.clear()
-
-
 def _package_dir(package: str, hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

@@ -180,10 +180,6 @@ class Store:
         return max(int(self._cursor().execute("SELECT coalesce(max(seq), 0) FROM changelog").fetchone()[0]),
                    self.pruned_upto())
 
-    def first_seq(self) -> int | None:
-        v = self._cursor().execute("SELECT min(seq) FROM changelog").fetchone()[0]
-        return None if v is None else int(v)
-
     def changes_since(self, seq: int) -> tuple[np.ndarray, np.ndarray]:
         """(added vids, deleted vids) logged after `seq`."""
         rows = self._cursor().execute("SELECT op, vid FROM changelog WHERE seq > ? ORDER BY seq", [int(seq)]).fetchall()
@@ -236,5 +232,3 @@ class Store:
         while rows := cur.fetchmany(batch):
             yield [(int(v), i, p, t, json.loads(m)) for v, i, p, t, m in rows]
 
-    def max_vid(self) -> int:
-        return int(self._cursor().execute("SELECT coalesce(max(vid), 0) FROM documents").fetchone()[0])
