@@ -60,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, metavar="NAME", help="sentence-transformers name or path, or builtin:...")
     s.add_argument("--batch-size", type=int)
 
+    s = sub.add_parser("eval", help="measure recall@k, MRR, nDCG and latency on labeled queries; gate a release")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--queries", required=True, metavar="FILE",
+                   help="JSONL {id, query, relevant}, a BEIR folder, or 'fitz-gov'")
+    s.add_argument("--gate", metavar="FILE", help="TOML gate: [min] metrics, [max] costs, max_drop")
+    s.add_argument("--baseline", metavar="FILE", help="a previous report.json to compare with")
+    s.add_argument("--report", metavar="OUT", help="folder for report.json, report.md and PNG plots")
+    s.add_argument("--update-baseline", action="store_true", help="write this run's report to --baseline")
+    s.add_argument("--k", default="1,5,10,20", help="comma-separated cutoffs (default 1,5,10,20)")
+    s.add_argument("--concurrency", type=int, default=4, help="concurrent callers for the load run (0 skips it)")
+    s.add_argument("--no-rerank", action="store_true")
+    s.add_argument("--limit", type=int, help="evaluate only the first N queries")
+
     s = sub.add_parser("demo", help="ingest the bundled fitz-gov subset and run a few queries")
     s.add_argument("--index", default="demo-index", metavar="DIR", help="where to build it (replaced if it exists)")
     s.add_argument("--docs", type=int, default=1000, help="number of fitz-gov documents (default 1000)")
@@ -74,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {
             "ingest": cmd_ingest, "search": cmd_search, "delete": cmd_delete, "info": cmd_info, "verify": cmd_verify,
-            "rebuild": cmd_rebuild, "reembed": cmd_reembed, "demo": cmd_demo,
+            "rebuild": cmd_rebuild, "reembed": cmd_reembed, "demo": cmd_demo, "eval": cmd_eval,
         }[args.command](args)
     except RetrieverError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -210,6 +223,63 @@ def cmd_reembed(args) -> int:
         out = r.reembed(args.model, batch_size=args.batch_size, show_progress=True)
     print(f"re-embedded {out['vectors']} texts with {out['model']} ({out['dim']}-d) into generation "
           f"{out['generation']} in {out['seconds']}s")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import Retriever
+    from .evaluation import load_gate, load_queries
+    from .evaluation.report import gate_lines, load_baseline, markdown, write_json, write_report
+    from .evaluation.runner import evaluate
+
+    try:
+        ks = sorted({int(x) for x in args.k.split(",") if x.strip()})
+    except ValueError:
+        return _bad(f"--k {args.k!r} must be comma-separated positive integers, e.g. 1,5,10,20")
+    if not ks or ks[0] < 1:
+        return _bad(f"--k {args.k!r} must be comma-separated positive integers, e.g. 1,5,10,20")
+    if args.concurrency < 0:
+        return _bad(f"--concurrency {args.concurrency} must be 0 (skip) or more")
+    if args.update_baseline and not args.baseline:
+        return _bad("--update-baseline needs --baseline FILE (where to write it)")
+    queries = load_queries(args.queries)
+    if args.limit is not None:
+        if args.limit < 1:
+            return _bad(f"--limit {args.limit} must be at least 1")
+        queries = queries[:args.limit]
+    gate = load_gate(args.gate) if args.gate else None
+    baseline = load_baseline(args.baseline) if args.baseline and not args.update_baseline else None
+    if gate:
+        ks = sorted(set(ks) | gate.ks())
+    t0 = time.perf_counter()
+    with Retriever.open(args.index, read_only=True) as r:
+        def progress(i, n):
+            if i == n or i % 50 == 0:
+                print(f"eval: {i}/{n} queries", file=sys.stderr)
+
+        report = evaluate(r, queries, ks=ks, rerank=not args.no_rerank, concurrency=args.concurrency,
+                          progress=progress)
+    rows = gate.check(report["flat"], baseline["flat"] if baseline else None) if gate else None
+    report["gate"] = None if gate is None else {"file": gate.source, "passed": all(x["passed"] for x in rows),
+                                                "rules": rows}
+    report["eval_seconds"] = time.perf_counter() - t0
+    if args.report:
+        files = write_report(report, args.report, rows, baseline)
+        print(f"report: {', '.join(str(f) for f in files)}", file=sys.stderr)
+    if args.update_baseline:
+        write_json(report, Path(args.baseline))
+        print(f"baseline written: {args.baseline}", file=sys.stderr)
+    print(markdown(report, None, baseline, worst=5))
+    print(f"evaluated {len(queries)} queries in {report['eval_seconds']:.1f}s")
+    if rows is None:
+        return 0
+    failed = [x for x in rows if not x["passed"]]
+    for line in gate_lines([x for x in rows if x["passed"]]) + gate_lines(failed):
+        print(line)
+    if failed:
+        print(f"gate FAILED: {len(failed)} of {len(rows)} rules: {', '.join(x['name'] for x in failed)}")
+        return 1
+    print(f"gate passed: {len(rows)} rules")
     return 0
 
 

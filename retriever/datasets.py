@@ -3,7 +3,8 @@
 `fitz_gov_subset(1000)` is the documented default corpus: documents are taken query by query (labeled
 queries in sorted id order, all of a query's relevant documents or none), until the limit is reached, then
 topped up with the remaining documents in file order. Queries whose relevant documents are all in the
-subset are its labeled queries. The full corpus has 5,043 lines; 19 ids repeat and only the first is kept.
+subset are its labeled queries. The full corpus has 5,043 lines; 19 ids repeat and only the first is kept;
+14 documents have neither title nor content and are skipped (5,010 documents remain).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def fitz_gov_documents() -> list[Document]:
             if row["id"] in docs:
                 continue
             text = f"{row['title']}\n\n{row['content']}" if row.get("title") else row["content"]
+            if not text.strip():
+                continue
             meta = {"title": row.get("title", ""), "domain": row.get("domain", ""), "tags": row.get("tags", [])}
             docs[row["id"]] = Document(id=row["id"], text=text, metadata=meta)
     return list(docs.values())

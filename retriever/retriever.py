@@ -373,16 +373,26 @@ class Retriever:
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
                      rerank: bool = True) -> list[list[Hit]]:
         """`search` for several queries at once: one embedding batch, one FAISS call, one rerank batch."""
+        return self.search_traced(queries, k=k, filters=filters, rerank=rerank)[0]
+
+    def search_traced(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
+                      rerank: bool = True) -> tuple[list[list[Hit]], dict[str, Any]]:
+        """`search_batch` plus a trace for evaluation: milliseconds per stage (embed, search, join, rerank), the
+        query vectors, and each query's candidates in retrieval order as (id, parent id, cosine)."""
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise InputError("queries must be a list of strings; for a single query use search()")
         queries = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
         k = _check_k(k)
+        trace: dict[str, Any] = {}
         if not queries:
-            return []
+            return [], trace
         self._check_open()
-        allowed = self._allowed(filters)
+        t0 = time.perf_counter()
         q = self._embedder().encode(queries)
-        return self._search_vectors(queries, q, k, allowed, rerank)
+        trace["embed_ms"] = (time.perf_counter() - t0) * 1000
+        trace["query_vectors"] = q
+        allowed = self._allowed(filters)
+        return self._search_vectors(queries, q, k, allowed, rerank, trace), trace
 
     def search_by_vector(self, vector, k: int = 10, filters: dict | None = None) -> list[Hit]:
         """Top-k by cosine for a raw vector (lists, float64, non-contiguous accepted; normalized here)."""
@@ -419,18 +429,26 @@ class Retriever:
             return self._index.search(q, n, allowed)
 
     def _search_vectors(self, queries: list[str] | None, q: np.ndarray, k: int, allowed: np.ndarray | None,
-                        rerank: bool) -> list[list[Hit]]:
+                        rerank: bool, trace: dict[str, Any] | None = None) -> list[list[Hit]]:
+        trace = {} if trace is None else trace
         do_rerank = bool(rerank) and self.config.rerank.enabled and queries is not None
         n = max(k, self.config.rerank.candidates) if do_rerank else k
+        t0 = time.perf_counter()
         scores, vids = self._ann(q, n, allowed)
+        t1 = time.perf_counter()
         rows = self._store.fetch(np.unique(vids[vids >= 0]).tolist())
         candidates = [[(rows[int(v)], float(s)) for s, v in zip(srow, vrow) if v >= 0 and int(v) in rows]
                       for srow, vrow in zip(scores, vids)]
+        t2 = time.perf_counter()
+        trace.update(search_ms=(t1 - t0) * 1000, join_ms=(t2 - t1) * 1000, rerank_ms=0.0, reranked=do_rerank)
+        trace["candidates"] = [[(r.id, r.metadata.get("parent_id", r.id) if CHUNK_SEPARATOR in r.id else r.id, cos)
+                                for r, cos in c] for c in candidates]
         if not do_rerank:
             return [[Hit(r.id, r.text, r.metadata, rank, cos, cos, None)
                      for rank, (r, cos) in enumerate(c[:k], 1)] for c in candidates]
         pairs = [(query, row.text) for query, c in zip(queries, candidates) for row, _ in c]
         flat = self.reranker.score_pairs(pairs)
+        trace["rerank_ms"] = (time.perf_counter() - t2) * 1000
         out, start = [], 0
         for c in candidates:
             rs = flat[start:start + len(c)]

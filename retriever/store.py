@@ -205,6 +205,18 @@ class Store:
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return out_vids, np.ascontiguousarray(flat, dtype=np.float32).reshape(len(out_vids), self.dim)
 
+    def document_ids(self) -> set[str]:
+        """Every document id as the user knows it (a chunked document by its parent id)."""
+        rows = self._cursor().execute("SELECT DISTINCT coalesce(parent_id, id) FROM documents").fetchall()
+        return {r[0] for r in rows}
+
+    def ids_and_vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every stored id with its vector (for exact-search references)."""
+        table = self._cursor().sql("SELECT id, vector FROM documents ORDER BY vid").to_arrow_table()
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        ids = table.column("id").to_pylist()
+        return ids, np.ascontiguousarray(flat, dtype=np.float32).reshape(len(ids), self.dim)
+
     def filter_vids(self, sql: str, params: list[Any]) -> np.ndarray:
         try:
             res = self._cursor().execute(f"SELECT vid FROM documents WHERE {sql}", params).fetchnumpy()
