@@ -201,9 +201,12 @@ class Store:
                 params={"vids": np.asarray(list(vids), np.int64).tolist()},
             )
         table = rel.to_arrow_table()
-        out_vids = table.column("vid").to_numpy().astype(np.int64)
+        return table.column("vid").to_numpy().astype(np.int64), self._matrix(table)
+
+    def _matrix(self, table) -> np.ndarray:
+        """The `vector` column of an Arrow table as a contiguous (n, dim) float32 matrix."""
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return out_vids, np.ascontiguousarray(flat, dtype=np.float32).reshape(len(out_vids), self.dim)
+        return np.ascontiguousarray(flat, dtype=np.float32).reshape(table.num_rows, self.dim)
 
     def document_ids(self) -> set[str]:
         """Every document id as the user knows it (a chunked document by its parent id)."""
@@ -213,9 +216,7 @@ class Store:
     def ids_and_vectors(self) -> tuple[list[str], np.ndarray]:
         """Every stored id with its vector (for exact-search references)."""
         table = self._cursor().sql("SELECT id, vector FROM documents ORDER BY vid").to_arrow_table()
-        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        ids = table.column("id").to_pylist()
-        return ids, np.ascontiguousarray(flat, dtype=np.float32).reshape(len(ids), self.dim)
+        return table.column("id").to_pylist(), self._matrix(table)
 
     def filter_vids(self, sql: str, params: list[Any]) -> np.ndarray:
         try:
