@@ -9,6 +9,7 @@ import pytrec_eval
 from retriever import Document, InputError, Retriever, RetrieverConfig
 from retriever.cli import main
 from retriever.evaluation import evaluate, load_gate, load_queries
+from retriever.evaluation.gate import check_cost_name
 
 FAST = RetrieverConfig().replace(rerank={"candidates": 10})
 
@@ -122,8 +123,12 @@ def test_chunks_count_for_their_parent_once_and_absent_ids_are_reported(tiny, tm
     lat = rep["latency_ms"]
     assert set(lat["single"]) == {"embed", "search", "join", "rerank", "total"}
     assert lat["single"]["rerank"]["p50_ms"] > 0 and lat["concurrent"]["callers"] == 2
-    for name in ("recall@10", "retrieval.recall@10", "ann_recall@10", "p95_ms", "rerank.p95_ms", "concurrent.p99_ms"):
+    assert set(lat["concurrent"]["stages"]) == {"embed", "search", "join", "rerank"}
+    for name in ("recall@10", "retrieval.recall@10", "ann_recall@10", "p95_ms", "rerank.p95_ms", "concurrent.p99_ms",
+                 "concurrent.rerank.p95_ms"):
         assert name in rep["flat"]
+        if name.endswith("_ms"):
+            check_cost_name(name)  # every latency the report flattens can be named in a gate
 
 
 @pytest.mark.real

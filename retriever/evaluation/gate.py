@@ -39,6 +39,8 @@ def check_metric_name(name: str) -> tuple[str, str, int]:
 
 def check_cost_name(name: str) -> None:
     stage, _, pct = name.rpartition(".")
+    if stage.startswith("concurrent."):  # a stage under concurrent callers, e.g. "concurrent.rerank.p95_ms"
+        stage = stage.split(".", 1)[1]
     if pct not in PERCENTILES or (stage and stage not in LATENCY_STAGES):
         allowed = ", ".join(PERCENTILES) + " (single-query total), or " + ", ".join(
             f"{s}.p95_ms" for s in LATENCY_STAGES)

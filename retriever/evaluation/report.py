@@ -83,6 +83,9 @@ def markdown(report: dict[str, Any], gate_rows: list[dict[str, Any]] | None, bas
         lines.append(f"| {stage} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {v['p99_ms']:.1f} |")
     if "concurrent" in lat:
         c = lat["concurrent"]
+        for stage, v in c["stages"].items():
+            lines.append(f"| {stage}, {c['callers']} concurrent callers | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | "
+                         f"{v['p99_ms']:.1f} |")
         lines.append(f"| total, {c['callers']} concurrent callers ({c['queries_per_s']:.2f} q/s) | {c['p50_ms']:.1f} | "
                      f"{c['p95_ms']:.1f} | {c['p99_ms']:.1f} |")
     lines.append(f"\nReranking costs {report['rerank_cost_ms_per_query']:.1f} ms per query on average.\n")

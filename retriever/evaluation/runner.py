@@ -111,16 +111,19 @@ def evaluate(retriever, queries: Sequence[LabeledQuery], *, ks: Sequence[int] = 
 
 
 def _concurrent(retriever, queries, k: int, rerank: bool, callers: int) -> dict[str, Any]:
-    def one(q: LabeledQuery) -> float:
+    """`callers` threads searching at once: total latency percentiles, throughput, and per-stage percentiles."""
+    def one(q: LabeledQuery) -> tuple[float, dict[str, Any]]:
         t = time.perf_counter()
-        retriever.search(q.query, k=k, rerank=rerank)
-        return (time.perf_counter() - t) * 1000
+        _, trace = retriever.search_traced([q.query], k=k, rerank=rerank)
+        return (time.perf_counter() - t) * 1000, trace
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=callers) as pool:
-        lat = list(pool.map(one, queries))
+        results = list(pool.map(one, queries))
     wall = time.perf_counter() - t0
-    return {"callers": callers, "queries": len(queries), "queries_per_s": len(queries) / wall, **percentiles(lat)}
+    stages = {s: percentiles([tr.get(f"{s}_ms", 0.0) for _, tr in results]) for s in ("embed", "search", "join", "rerank")}
+    return {"callers": callers, "queries": len(queries), "queries_per_s": len(queries) / wall,
+            **percentiles([ms for ms, _ in results]), "stages": stages}
 
 
 def flatten(report: dict[str, Any]) -> dict[str, float]:
@@ -136,5 +139,8 @@ def flatten(report: dict[str, Any]) -> dict[str, float]:
         for stage in ("embed", "search", "join", "rerank"):
             flat[f"{stage}.{pct}"] = single[stage][pct]
         if "concurrent" in report["latency_ms"]:
-            flat[f"concurrent.{pct}"] = report["latency_ms"]["concurrent"][pct]
+            conc = report["latency_ms"]["concurrent"]
+            flat[f"concurrent.{pct}"] = conc[pct]
+            for stage, v in conc["stages"].items():
+                flat[f"concurrent.{stage}.{pct}"] = v[pct]
     return flat
