@@ -129,6 +129,7 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ks, [m["retrieval"][f"recall@{k}"] for k in ks], marker="o", label="retrieval (cosine)")
     ax.plot(ks, [m["final"][f"recall@{k}"] for k in ks], marker="s", label="reranked")
+    ax.set_xticks(ks)
     ax.set_xlabel("k")
     ax.set_ylabel("recall@k")
     ax.set_title(f"recall@k, {report['n_queries']} queries")
