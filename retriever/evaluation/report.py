@@ -62,7 +62,8 @@ def markdown(report: dict[str, Any], gate_rows: list[dict[str, Any]] | None, bas
                          f"{'pass' if r['passed'] else '**FAIL**'} |")
         lines.append("")
     lines += ["## Quality: retrieval vs reranked (document level)", "",
-              "| metric | retrieval | reranked | lift |" + (" baseline | change |" if baseline else ""),
+              f"| metric | retrieval | {'reranked' if report['settings']['rerank'] else 'final (rerank off)'} | lift |"
+              + (" baseline | change |" if baseline else ""),
               "|---|---|---|---|" + ("---|---|" if baseline else "")]
     base_flat = baseline["flat"] if baseline else {}
     for name in ("recall", "hit_rate", "precision", "mrr", "ndcg"):
