@@ -29,6 +29,11 @@ class Embedder:
         self._model = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_config(cls, cfg) -> "Embedder":
+        """From an `EmbeddingConfig` section."""
+        return cls(cfg.model, batch_size=cfg.batch_size, device=cfg.device, max_seq_length=cfg.max_seq_length)
+
     @property
     def model(self):
         if self._model is None:

@@ -21,6 +21,12 @@ class Reranker:
         self._model = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_config(cls, config) -> "Reranker":
+        """From a `RetrieverConfig` (its [rerank] section; the device of [embedding])."""
+        r = config.rerank
+        return cls(r.model, batch_size=r.batch_size, max_length=r.max_length, device=config.embedding.device)
+
     @property
     def loaded(self) -> bool:
         return self._model is not None

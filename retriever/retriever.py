@@ -87,10 +87,8 @@ class Retriever:
         self._saved_seq = (manifest.get("snapshot") or {}).get("seq", -1) if recovered is None else -1
         self._fingerprint_checked = False
         self._closed = False
-        self.embedder = Embedder(config.embedding.model, batch_size=config.embedding.batch_size,
-                                 device=config.embedding.device, max_seq_length=config.embedding.max_seq_length)
-        self.reranker = Reranker(config.rerank.model, batch_size=config.rerank.batch_size,
-                                 max_length=config.rerank.max_length, device=config.embedding.device)
+        self.embedder = Embedder.from_config(config.embedding)
+        self.reranker = Reranker.from_config(config)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @classmethod
@@ -103,8 +101,7 @@ class Retriever:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise InputError(f"{root} already exists and is not empty; open it with Retriever.open, or pick a new path")
         runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
-        embedder = Embedder(config.embedding.model, batch_size=config.embedding.batch_size,
-                            device=config.embedding.device, max_seq_length=config.embedding.max_seq_length)
+        embedder = Embedder.from_config(config.embedding)
         dim = embedder.dim
         fingerprint = embedder.fingerprint()
         root.mkdir(parents=True, exist_ok=True)
@@ -552,8 +549,7 @@ class Retriever:
         if batch_size:
             emb_cfg["batch_size"] = batch_size
         config = self.config.replace(embedding=emb_cfg)
-        embedder = Embedder(config.embedding.model, batch_size=config.embedding.batch_size,
-                            device=config.embedding.device, max_seq_length=config.embedding.max_seq_length)
+        embedder = Embedder.from_config(config.embedding)
         dim, fingerprint = embedder.dim, embedder.fingerprint()
         with self._write_lock:
             old_gen = self._manifest["generation"]
@@ -587,8 +583,7 @@ class Retriever:
                 self._store, self._index = store, index
                 self._manifest, self.config = manifest, config
                 self.embedder, self._fingerprint_checked = embedder, True
-                self.reranker = Reranker(config.rerank.model, batch_size=config.rerank.batch_size,
-                                         max_length=config.rerank.max_length, device=config.embedding.device)
+                self.reranker = Reranker.from_config(config)
             self._saved_seq = -1
             self.save()  # the manifest now points at the new generation
             old_store.close()
