@@ -30,9 +30,32 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = field(default="flat", metadata=_rule(choices=("flat",)))
+    # flat (exact), hnsw, ivf_flat, ivf_pq, or auto (picked from the corpus size and memory_budget_mb)
+    kind: str = field(default="flat", metadata=_rule(choices=("flat", "hnsw", "ivf_flat", "ivf_pq", "auto")))
     # below this many allowed documents a filtered search scans them exactly instead of using FAISS
     exact_filter_threshold: int = field(default=2048, metadata=_rule(min=0))
+    # hnsw: graph degree M, build-time and search-time beam widths (ef_search 0 = tuned value, else 64)
+    hnsw_m: int = field(default=32, metadata=_rule(min=4, max=256))
+    ef_construction: int = field(default=100, metadata=_rule(min=8, max=4096))
+    ef_search: int = field(default=0, metadata=_rule(min=0, max=65536))
+    # ivf_flat / ivf_pq: number of lists (0 = about 4*sqrt(n)) and lists probed per query (0 = tuned value,
+    # else 2*sqrt(nlist))
+    nlist: int = field(default=0, metadata=_rule(min=0, max=65536))
+    nprobe: int = field(default=0, metadata=_rule(min=0, max=65536))
+    # ivf_pq: sub-quantizers (0 = one per 8 dimensions; must divide the dimension), bits per code, OPQ rotation
+    pq_m: int = field(default=0, metadata=_rule(min=0, max=4096))
+    pq_nbits: int = field(default=8, metadata=_rule(min=4, max=16))
+    opq: bool = False
+    # ivf_pq: re-score the top k*rescore candidates with the exact vectors stored in DuckDB (1 = k candidates)
+    rescore: int = field(default=0, metadata=_rule(min=0, max=1000))
+    # vectors sampled from DuckDB to train IVF/PQ (0 = 64 per list, at least 10,000, all when fewer)
+    train_sample: int = field(default=0, metadata=_rule(min=0))
+    # auto: RAM for the index in MB (0 = no limit); IVF-PQ when the flat vectors would not fit
+    memory_budget_mb: int = field(default=0, metadata=_rule(min=0))
+    # info/verify warn that retraining is due when the corpus reaches this multiple of its size at training
+    retrain_growth: float = field(default=2.0, metadata=_rule(min=1.0, max=1000.0))
+    # read-only opens memory-map the FAISS snapshot (a server starts without reading it all into RAM)
+    mmap: bool = True
 
 
 @dataclass(frozen=True)
