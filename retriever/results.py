@@ -50,6 +50,7 @@ class VerifyReport:
     ok: bool
     problems: tuple[str, ...]
     checks: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # maintenance that is due (retrain, compact), not damage
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,6 +22,7 @@ from .documents import CHUNK_SEPARATOR, Document, chunk_documents, validate_docu
 from .embedding import Embedder
 from .errors import IndexMismatchError, InputError, RetrieverError
 from .filters import compile_filter
+from .index_plan import TRAINED_KINDS, IndexPlan, check_settings, plan_index, retrain_due, training_sample_size
 from .models import file_sha256
 from .persistence import (
     FORMAT_VERSION, MANIFEST, PREVIOUS, SNAPSHOT, STORE, WriterLock, fsync_dir, generation_dir, read_manifest,
@@ -30,13 +31,46 @@ from .persistence import (
 from .rerank import Reranker
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
 from .store import Store
-from .vector_index import VectorIndex
+from .vector_index import DEFAULT_RESCORE, VectorIndex
 from .vectors import as_unit_vectors
 
 log = logging.getLogger("retriever")
 
 MAX_K = 10_000
 MAX_QUERY_CHARS = 20_000
+# index settings that shape the built index; changing one is a rebuild (the rest are search-time settings)
+BUILD_SETTINGS = ("kind", "hnsw_m", "ef_construction", "nlist", "pq_m", "pq_nbits", "opq", "train_sample",
+                  "memory_budget_mb")
+MASKED_SHARE_WARN = 0.2
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build_index(store: Store, dim: int, cfg, plan: IndexPlan) -> tuple[VectorIndex, dict | None]:
+    """A new index of `plan` over every vector in DuckDB; IVF/PQ train first on a seeded random sample of them.
+    Returns (index, training record for the manifest or None). FAISS gets every core while it builds."""
+    vids, vecs = store.vectors()
+    trained = None
+    sample = None
+    if plan.kind in TRAINED_KINDS:
+        size = training_sample_size(cfg, plan, len(vids))
+        pick = np.sort(np.random.default_rng(0).choice(len(vids), size, replace=False)) if size < len(vids) else None
+        sample = vecs if pick is None else vecs[pick]
+        trained = {"vectors": int(len(vids)), "sample": int(len(sample)), "at": _now()}
+    t0 = time.perf_counter()
+    with runtime.all_cores():
+        index = VectorIndex.build(dim, plan, vids, vecs, sample)
+    if trained is not None:
+        trained["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("built a %s index over %d vectors in %.1f s", plan.kind, len(vids), time.perf_counter() - t0)
+    return index, trained
+
+
+def _index_meta(plan: IndexPlan, requested: str, trained: dict | None, tuned: dict | None = None) -> dict:
+    return {**plan.to_dict(), "requested": requested, "metric": "inner_product", "normalized": True,
+            "trained": trained, "tuned": tuned}
 
 
 def _check_k(k: Any) -> int:
@@ -89,6 +123,18 @@ class Retriever:
         self._closed = False
         self.embedder = Embedder.from_config(config.embedding)
         self.reranker = Reranker.from_config(config)
+        self.fallbacks = 0  # ANN searches that came back short and were completed by an exact scan
+        self._pending_warned = False
+        self._apply_search_settings()
+
+    def _apply_search_settings(self) -> None:
+        """nprobe / ef_search / rescore: the config's when set (non-zero), else the values `tune` stored, else the
+        kind's defaults."""
+        tuned = ((self._manifest.get("index") or {}).get("tuned") or {}).get("params") or {}
+        cfg = self.config.index
+        self._index.nprobe = cfg.nprobe or tuned.get("nprobe", 0)
+        self._index.ef_search = cfg.ef_search or tuned.get("ef_search", 0)
+        self._rescore = cfg.rescore or tuned.get("rescore", 0) or DEFAULT_RESCORE
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @classmethod
@@ -103,6 +149,8 @@ class Retriever:
         runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
         embedder = Embedder.from_config(config.embedding)
         dim = embedder.dim
+        check_settings(config.index, dim)
+        plan = plan_index(config.index, dim, 0, strict=False)
         fingerprint = embedder.fingerprint()
         root.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(root)
@@ -111,8 +159,8 @@ class Retriever:
         gdir = generation_dir(root, gen)
         gdir.mkdir()
         store = Store.create(gdir / STORE, dim)
-        index = VectorIndex(dim, config.index.kind)
-        manifest = cls._new_manifest(config, embedder, fingerprint, gen)
+        index = VectorIndex(dim, plan)
+        manifest = cls._new_manifest(config, embedder, fingerprint, gen, plan)
         r = cls(root, manifest, store, index, config, read_only=False, lock=lock, recovered=None)
         r.embedder = embedder
         r._fingerprint_checked = True
@@ -121,7 +169,8 @@ class Retriever:
         return r
 
     @staticmethod
-    def _new_manifest(config: RetrieverConfig, embedder: Embedder, fingerprint: dict, generation: int) -> dict:
+    def _new_manifest(config: RetrieverConfig, embedder: Embedder, fingerprint: dict, generation: int,
+                      plan: IndexPlan) -> dict:
         return {
             "format_version": FORMAT_VERSION,
             "generation": generation,
@@ -129,7 +178,7 @@ class Retriever:
             "config": config.to_dict(),
             "embedder": {"name": embedder.name, "dim": embedder.dim, "max_seq_length": embedder.max_seq_length,
                          "fingerprint": fingerprint},
-            "index": {"kind": config.index.kind, "params": {}, "metric": "inner_product", "normalized": True},
+            "index": _index_meta(plan, config.index.kind, None),
             "counts": {"documents": 0, "vectors": 0},
             "snapshot": None,
             "previous": None,
@@ -153,11 +202,14 @@ class Retriever:
                     f"open it with embedding.model = {stored.embedding.model!r}, or re-embed it: "
                     f"`retriever reembed {root} --model {config.embedding.model}`"
                 )
-            if config.index.kind != stored.index.kind:
-                raise InputError(
-                    f"{root} holds a {stored.index.kind!r} index, not {config.index.kind!r}; keep index.kind = "
-                    f"{stored.index.kind!r} (changing the kind of an existing index is a rebuild)"
-                )
+            for key in BUILD_SETTINGS:
+                want, have = getattr(config.index, key), getattr(stored.index, key)
+                if want != have:
+                    raise InputError(
+                        f"{root} was built with index.{key} = {have!r}, not {want!r}; open it with index.{key} = "
+                        f"{have!r}, or change the index: `retriever rebuild {root} --set {key}={want}` "
+                        f"(search-time settings such as nprobe and ef_search may differ freely)"
+                    )
         runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
         lock = None
         if not read_only:
@@ -171,7 +223,8 @@ class Retriever:
             dim = manifest["embedder"]["dim"]
             if store.dim != dim:
                 raise IndexMismatchError(f"{gdir / STORE} holds {store.dim}-d vectors but the manifest says {dim}")
-            index, recovered = cls._load_index(gdir, manifest, store, config.index.kind)
+            mmap = read_only and config.index.mmap
+            index, recovered = cls._load_index(gdir, manifest, store, config.index, mmap=mmap)
         except BaseException:
             if lock:
                 lock.release()
@@ -194,10 +247,15 @@ class Retriever:
             tmp.unlink(missing_ok=True)
 
     @staticmethod
-    def _load_index(gdir: Path, manifest: dict, store: Store, kind: str) -> tuple[VectorIndex, str | None]:
+    def _load_index(gdir: Path, manifest: dict, store: Store, cfg, *, mmap: bool = False
+                    ) -> tuple[VectorIndex, str | None]:
         """The snapshot whose checksum the manifest vouches for, brought up to date from the changelog; or a
-        rebuild from the vectors in DuckDB when no snapshot can be trusted. Returns (index, why repaired)."""
+        rebuild from the vectors in DuckDB when no snapshot can be trusted. Returns (index, why repaired).
+
+        HNSW cannot remove vectors: the ones FAISS holds but DuckDB no longer does are masked. With `mmap`
+        (read-only opens) the snapshot is memory-mapped unless the changelog has to be replayed into it."""
         dim = manifest["embedder"]["dim"]
+        plan = IndexPlan.from_dict(manifest.get("index"))
         pruned = store.pruned_upto()
         problems = []
         for name in (SNAPSHOT, PREVIOUS):
@@ -213,33 +271,40 @@ class Retriever:
             else:
                 problems.append(f"{name} does not match the manifest's checksum")
                 continue
+            added, deleted = store.changes_since(meta["seq"])
             try:
-                index = VectorIndex.read(f, dim, kind)
+                index = VectorIndex.read(f, dim, plan, mmap=mmap and not (len(added) or len(deleted)))
             except Exception as e:  # faiss raises RuntimeError on a damaged file
                 problems.append(f"{name} is unreadable ({str(e).splitlines()[0]})")
                 continue
-            added, deleted = store.changes_since(meta["seq"])
             if len(deleted):
                 index.remove(deleted)
             if len(added):
-                have = set(index.ids().tolist())
+                have = set(index.all_ids().tolist())
                 vids, vecs = store.vectors(v for v in added.tolist() if v not in have)
                 index.add(vids, vecs)
-            if np.array_equal(np.sort(index.ids()), store.vids()):
+            store_vids = store.vids()
+            if index.kind == "hnsw":
+                gone = np.setdiff1d(index.all_ids(), store_vids)
+                if len(gone):
+                    index.mask(gone)
+            if np.array_equal(np.sort(index.ids()), store_vids):
                 why = None if name == SNAPSHOT else f"{SNAPSHOT} was not usable ({'; '.join(problems)}); used {PREVIOUS}"
                 if why is None and (len(added) or len(deleted)):
                     why = f"replayed {len(added)} additions and {len(deleted)} deletions logged after the last save"
                 return index, why
             problems.append(f"{name} plus the changelog does not match the documents table")
-        vids, vecs = store.vectors()
-        index = VectorIndex.build(dim, kind, vids, vecs)
-        return index, f"rebuilt the FAISS index from the {len(vids)} vectors in DuckDB ({'; '.join(problems)})"
+        if plan.kind in TRAINED_KINDS and plan_index(cfg, dim, store.count(), strict=False).kind != plan.kind:
+            plan = IndexPlan("flat", {}, "the corpus no longer supports the trained index", pending=plan.kind)
+        index, _ = build_index(store, dim, cfg, plan)
+        return index, f"rebuilt the FAISS index from the {len(index)} vectors in DuckDB ({'; '.join(problems)})"
 
     def save(self) -> None:
         """Write the FAISS snapshot (temp file, fsync, rename; the old one kept as .prev), then the manifest."""
         if self.read_only or self._closed:
             return
         with self._write_lock:
+            self._build_when_due()
             seq = self._store.last_seq()
             if seq == self._saved_seq:
                 return
@@ -258,12 +323,37 @@ class Retriever:
             manifest["previous"] = manifest.get("snapshot")
             manifest["snapshot"] = {"seq": seq, "sha256": sha, "ntotal": ntotal,
                                     "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            manifest["counts"] = {"documents": self._store.count_parents(), "vectors": ntotal}
+            manifest["counts"] = {"documents": self._store.count_parents(), "vectors": len(self._index),
+                                  "masked": self._index.masked}
             write_json_atomic(self.path / MANIFEST, manifest)
             self._manifest = manifest
             self._saved_seq = seq
             if manifest["previous"]:
                 self._store.prune_changelog(manifest["previous"]["seq"])
+
+    def _build_when_due(self) -> None:
+        """An index that waits for data (an IVF kind on a corpus too small to train, or `auto` still exact) is
+        built at the first save where the corpus supports it. Other changes of kind wait for `rebuild`."""
+        if self._index.kind != "flat":
+            return
+        n = self._store.count()
+        plan = plan_index(self.config.index, self._index.dim, n, strict=False)
+        if plan.kind == "flat":
+            if plan.pending and not self._pending_warned:
+                log.warning("%s: %s", self.path, plan.reason)
+                self._pending_warned = True
+            self._manifest["index"] = _index_meta(plan, self.config.index.kind, None, self._manifest["index"].get("tuned"))
+            return
+        log.warning("%s: building the %s index now that the corpus has %d vectors", self.path, plan.kind, n)
+        index, trained = build_index(self._store, self._index.dim, self.config.index, plan)
+        self._swap_index(index, _index_meta(plan, self.config.index.kind, trained))
+
+    def _swap_index(self, index: VectorIndex, meta: dict) -> None:
+        with self._index_lock:
+            self._index = index
+            self._manifest = {**self._manifest, "index": meta}
+            self._apply_search_settings()
+        self._saved_seq = -1
 
     def close(self) -> None:
         if self._closed:
@@ -410,20 +500,66 @@ class Retriever:
         sql, params = compile_filter(filters)
         return self._store.filter_vids(sql, params)
 
-    def _ann(self, q: np.ndarray, n: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, vids) of the n nearest per query; vid -1 marks an empty slot."""
+    def _exact(self, q: np.ndarray, n: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-n by cosine over the vectors in DuckDB (all of them, or the allowed vids)."""
+        vids, vecs = self._store.vectors(allowed)
+        if not len(vids):
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        sims = q @ vecs.T
+        n = min(n, len(vids))
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+        return np.take_along_axis(sims, top, axis=1), vids[top]
+
+    def _rescored(self, q: np.ndarray, vids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Re-rank approximate (PQ) candidates by their exact cosine, from the vectors in DuckDB."""
+        uniq = np.unique(vids[vids >= 0])
+        have, vecs = self._store.vectors(uniq)
+        pos = {int(v): i for i, v in enumerate(have)}
+        out_s = np.full((len(q), n), -np.inf, np.float32)
+        out_v = np.full((len(q), n), -1, np.int64)
+        for r, row in enumerate(vids):
+            cand = [v for v in dict.fromkeys(row.tolist()) if v in pos]
+            if not cand:
+                continue
+            sims = vecs[[pos[v] for v in cand]] @ q[r]
+            order = np.argsort(-sims, kind="stable")[:n]
+            out_s[r, :len(order)] = sims[order]
+            out_v[r, :len(order)] = np.asarray(cand, np.int64)[order]
+        return out_s, out_v
+
+    def _ann(self, q: np.ndarray, n: int, allowed: np.ndarray | None, *, nprobe: int | None = None,
+             ef_search: int | None = None, rescore: int | None = None, fallback: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, vids) of the n nearest per query; vid -1 marks an empty slot. Scores are exact cosines on
+        every kind (PQ candidates are re-scored). A search that comes back with fewer than min(n, matches)
+        hits (a selective filter on HNSW/IVF) is completed by an exact scan, and counted in `fallbacks`."""
         if allowed is not None and len(allowed) <= self.config.index.exact_filter_threshold:
             if not len(allowed):
                 return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-            vids, vecs = self._store.vectors(allowed)
-            sims = q @ vecs.T
-            n = min(n, len(vids))
-            top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
-            return np.take_along_axis(sims, top, axis=1), vids[top]
+            return self._exact(q, n, allowed)
         with self._index_lock:
-            if len(self._index) == 0:
+            index = self._index
+            live = len(index)
+            if live == 0:
                 return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-            return self._index.search(q, n, allowed)
+            want = n * (rescore or self._rescore) if index.lossy else n
+            scores, vids = index.search(q, want, allowed, nprobe=nprobe, ef_search=ef_search)
+        if index.lossy:
+            scores, vids = self._rescored(q, vids, n)
+        if not fallback:
+            return scores, vids
+        expected = min(n, live if allowed is None else len(allowed))
+        short = np.flatnonzero((vids >= 0).sum(axis=1) < expected)
+        if len(short):
+            self.fallbacks += len(short)
+            log.debug("%d of %d searches came back short; completing them exactly", len(short), len(q))
+            es, ev = self._exact(q[short], n, allowed)
+            width = max(scores.shape[1], ev.shape[1])
+            scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
+            vids = np.pad(vids, ((0, 0), (0, width - vids.shape[1])), constant_values=-1)
+            scores[short, :ev.shape[1]] = es
+            vids[short, :ev.shape[1]] = ev
+        return scores, vids
 
     def _search_vectors(self, queries: list[str] | None, q: np.ndarray, k: int, allowed: np.ndarray | None,
                         rerank: bool, trace: dict[str, Any] | None = None) -> list[list[Hit]]:
@@ -469,6 +605,7 @@ class Retriever:
             "embedding_model": self.config.embedding.model,
             "rerank_model": self.config.rerank.model,
             "index_kind": self._index.kind,
+            "index": self.index_status(),
             "generation": self._manifest["generation"],
             "format_version": self._manifest["format_version"],
             "created_at": self._manifest.get("created_at"),
@@ -482,6 +619,43 @@ class Retriever:
             "recovered": self.recovered,
             "threads": runtime.current(),
         }
+
+    def index_status(self) -> dict[str, Any]:
+        """The built index: kind, parameters, why it was chosen, training, masked share, search settings, and
+        warnings about maintenance that is due (retraining, compaction, a kind `auto` would now change)."""
+        meta = self._manifest.get("index") or {}
+        with self._index_lock:
+            index = self._index
+            live, masked = len(index), index.masked
+            effective = index.effective()
+        total = live + masked
+        out = {
+            "kind": index.kind, "requested": meta.get("requested", self.config.index.kind),
+            "params": meta.get("params", {}), "reason": meta.get("reason", ""), "pending": meta.get("pending"),
+            "trained": meta.get("trained"), "tuned": meta.get("tuned"),
+            "search": {**effective, **({"rescore": self._rescore} if index.lossy else {})},
+            "masked": masked, "masked_share": round(masked / total, 4) if total else 0.0,
+            "mmapped": index.mmapped, "fallbacks": self.fallbacks,
+        }
+        warnings = []
+        if out["pending"]:
+            warnings.append(out["reason"])
+        due = retrain_due(IndexPlan(index.kind), meta.get("trained"), live, self.config.index.retrain_growth)
+        if due:
+            warnings.append(due)
+        if out["masked_share"] >= MASKED_SHARE_WARN:
+            warnings.append(f"{masked:,} of {total:,} HNSW vectors ({out['masked_share']:.0%}) are deleted and masked; "
+                            f"`retriever rebuild {self.path}` compacts them")
+        if self.config.index.kind == "auto":
+            now = plan_index(self.config.index, index.dim, live, strict=False)
+            if now.kind != index.kind and not now.pending:
+                warnings.append(f"auto would now choose {now.kind} ({now.reason}); `retriever rebuild {self.path}`")
+        tuned = out["tuned"]
+        if tuned and tuned.get("vectors") and live >= self.config.index.retrain_growth * tuned["vectors"]:
+            warnings.append(f"search settings were tuned on {tuned['vectors']:,} vectors, the corpus now has "
+                            f"{live:,}; run `retriever tune {self.path}` again")
+        out["warnings"] = warnings
+        return out
 
     def verify(self, *, check_model: bool = True) -> VerifyReport:
         """Check the index against its source of truth; returns problems instead of raising."""
@@ -508,10 +682,20 @@ class Retriever:
             elif len(store_vids):
                 sample = store_vids[np.linspace(0, len(store_vids) - 1, min(64, len(store_vids))).astype(int)]
                 vids, vecs = self._store.vectors(sample)
-                err = max(float(np.abs(self._index.reconstruct(v) - x).max()) for v, x in zip(vids, vecs))
-                checks["vector_max_abs_diff"] = err
-                if err > 1e-5:
-                    problems.append(f"FAISS vectors differ from DuckDB's by {err:.2g} (run `retriever rebuild {self.path}`)")
+                decoded = np.stack([self._index.reconstruct(v) for v in vids])
+                if self._index.lossy:  # PQ codes decode to approximations of the stored vectors
+                    cos = float(np.mean(np.sum(decoded * vecs, axis=1) /
+                                        np.maximum(np.linalg.norm(decoded, axis=1), 1e-12)))
+                    checks["pq_decoded_cosine"] = cos
+                    if cos < 0.5:
+                        problems.append(f"PQ codes decode to vectors with mean cosine {cos:.2f} to DuckDB's "
+                                        f"(run `retriever rebuild {self.path}`)")
+                else:
+                    err = float(np.abs(decoded - vecs).max())
+                    checks["vector_max_abs_diff"] = err
+                    if err > 1e-5:
+                        problems.append(f"FAISS vectors differ from DuckDB's by {err:.2g} "
+                                        f"(run `retriever rebuild {self.path}`)")
                 norms = np.linalg.norm(vecs, axis=1)
                 checks["unit_norm"] = bool(np.allclose(norms, 1.0, atol=1e-4))
                 if not checks["unit_norm"]:
@@ -524,19 +708,27 @@ class Retriever:
             except IndexMismatchError as e:
                 checks["model_fingerprint"] = False
                 problems.append(str(e))
-        return VerifyReport(ok=not problems, problems=tuple(problems), checks=checks)
+        return VerifyReport(ok=not problems, problems=tuple(problems), checks=checks,
+                            warnings=tuple(self.index_status()["warnings"]))
 
-    def rebuild(self) -> int:
-        """Rebuild FAISS from the vectors stored in DuckDB (no re-embedding) and save. Returns the vector count."""
+    def rebuild(self, index: dict | None = None) -> int:
+        """Rebuild FAISS from the vectors stored in DuckDB (no re-embedding), retraining IVF/PQ on a fresh sample,
+        compacting masked HNSW vectors, and re-deciding `auto`; then save. `index` changes [index] settings,
+        e.g. ``rebuild({"kind": "hnsw"})``: they are checked against the corpus before any work. Returns the
+        vector count."""
         self._require_writable()
+        config = self.config.replace(index=index) if index else self.config
         with self._write_lock:
-            vids, vecs = self._store.vectors()
-            index = VectorIndex.build(self._index.dim, self.config.index.kind, vids, vecs)
-            with self._index_lock:
-                self._index = index
-            self._saved_seq = -1
+            n = self._store.count()
+            plan = plan_index(config.index, self._index.dim, n, strict=True)
+            old = self._manifest.get("index") or {}
+            built, trained = build_index(self._store, self._index.dim, config.index, plan)
+            same = old.get("kind") == plan.kind and old.get("params") == plan.params
+            self.config = config
+            self._manifest = {**self._manifest, "config": config.to_dict()}
+            self._swap_index(built, _index_meta(plan, config.index.kind, trained, old.get("tuned") if same else None))
             self.save()
-        return len(vids)
+        return n
 
     def reembed(self, model: str, *, batch_size: int | None = None, show_progress: bool = False) -> dict[str, Any]:
         """Re-embed every stored text with `model` into a new index generation. The current generation stays
@@ -559,23 +751,23 @@ class Retriever:
                 shutil.rmtree(gdir)
             gdir.mkdir()
             store = Store.create(gdir / STORE, dim)
-            index = VectorIndex(dim, config.index.kind)
             total = self._store.count()
             done = 0
             try:
+                check_settings(config.index, dim)
                 for batch in self._store.iter_texts(batch=max(256, config.embedding.batch_size * 8)):
                     vecs = embedder.encode([t for _, _, _, t, _ in batch], show_progress_bar=show_progress)
-                    res = store.upsert([i for _, i, _, _, _ in batch],
-                                       [(i, p, t, m) for _, i, p, t, m in batch], vecs)
-                    order = {row[1]: j for j, row in enumerate(batch)}
-                    index.add(res.added_vids, vecs[[order[i] for i in res.added_ids]])
+                    store.upsert([i for _, i, _, _, _ in batch], [(i, p, t, m) for _, i, p, t, m in batch], vecs)
                     done += len(batch)
                     log.info("reembed: %d/%d", done, total)
+                plan = plan_index(config.index, dim, store.count(), strict=False)
+                index, trained = build_index(store, dim, config.index, plan)
             except BaseException:
                 store.close()
                 shutil.rmtree(gdir, ignore_errors=True)
                 raise
-            manifest = self._new_manifest(config, embedder, fingerprint, new_gen)
+            manifest = self._new_manifest(config, embedder, fingerprint, new_gen, plan)
+            manifest["index"]["trained"] = trained
             manifest["created_at"] = self._manifest.get("created_at")
             manifest["reembedded_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             old_store = self._store
@@ -584,6 +776,7 @@ class Retriever:
                 self._manifest, self.config = manifest, config
                 self.embedder, self._fingerprint_checked = embedder, True
                 self.reranker = Reranker.from_config(config)
+                self._apply_search_settings()
             self._saved_seq = -1
             self.save()  # the manifest now points at the new generation
             old_store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 _wanted_torch: int | None = None
 
@@ -52,3 +53,16 @@ def current() -> dict:
 
         out["torch_threads"] = torch.get_num_threads()
     return out
+
+
+@contextmanager
+def all_cores():
+    """FAISS builds and trains (k-means, HNSW inserts) on every core, then goes back to the search setting."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(cores())
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
