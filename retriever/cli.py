@@ -52,8 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("index", metavar="DIR")
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("rebuild", help="rebuild FAISS from the vectors stored in DuckDB (no re-embedding)")
+    s = sub.add_parser("rebuild", help="rebuild FAISS from the vectors stored in DuckDB (no re-embedding): "
+                                      "retrain IVF/PQ, compact HNSW, or change the index kind")
     s.add_argument("index", metavar="DIR")
+    s.add_argument("--kind", choices=("flat", "hnsw", "ivf_flat", "ivf_pq", "auto"), help="change index.kind")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change an [index] setting, e.g. --set nlist=1024 --set opq=true (repeatable)")
+
+    s = sub.add_parser("tune", help="find the cheapest nprobe / ef_search reaching a target ANN recall@k and store it")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--target-recall", type=float, default=0.95, help="recall@k against exact search (default 0.95)")
+    s.add_argument("--k", type=int, default=10, help="cutoff k (default 10)")
+    s.add_argument("--sample", type=int, default=1000, help="stored vectors used as queries (default 1000)")
+    s.add_argument("--queries", metavar="FILE",
+                   help="also require the target on these labeled queries (JSONL, BEIR folder, or 'fitz-gov')")
+    s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("reembed", help="re-embed the stored text with another model into a new generation")
     s.add_argument("index", metavar="DIR")
@@ -87,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {
             "ingest": cmd_ingest, "search": cmd_search, "delete": cmd_delete, "info": cmd_info, "verify": cmd_verify,
-            "rebuild": cmd_rebuild, "reembed": cmd_reembed, "demo": cmd_demo, "eval": cmd_eval,
+            "rebuild": cmd_rebuild, "reembed": cmd_reembed, "demo": cmd_demo, "eval": cmd_eval, "tune": cmd_tune,
         }[args.command](args)
     except RetrieverError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -135,7 +148,13 @@ def cmd_ingest(args) -> int:
         dt = time.perf_counter() - t0
         print(f"ingested {len(docs)} documents into {index} ({added} new, {updated} replaced, {vectors} vectors) "
               f"in {dt:.1f}s ({len(docs) / max(dt, 1e-9):.1f} docs/s)")
+        _warn(r.index_status()["warnings"])
     return 0
+
+
+def _warn(warnings) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _print_hits(hits, as_json: bool) -> None:
@@ -184,8 +203,13 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
+        index = stats.pop("index")
         for k, v in stats.items():
             print(f"{k:>16}: {v}")
+        for k, v in index.items():
+            if k != "warnings":
+                print(f"{'index.' + k:>16}: {v}")
+        _warn(index["warnings"])
     return 0
 
 
@@ -203,17 +227,66 @@ def cmd_verify(args) -> int:
         for k, v in rep.checks.items():
             print(f"{k:>22}: {v}")
         print("ok" if rep.ok else "problems:\n  " + "\n  ".join(rep.problems))
+        _warn(rep.warnings)
     return 0 if rep.ok else 1
 
 
 def cmd_rebuild(args) -> int:
     from . import Retriever
 
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            return _bad(f"--set {item!r} must look like KEY=VALUE, e.g. --set nlist=1024")
+        changes[key.strip()] = _toml_value(value.strip())
+    if args.kind:
+        changes["kind"] = args.kind
     t0 = time.perf_counter()
     with Retriever.open(args.index) as r:
-        n = r.rebuild()
-    print(f"rebuilt {args.index}: {n} vectors from DuckDB in {time.perf_counter() - t0:.2f}s")
+        n = r.rebuild(changes or None)
+        status = r.index_status()
+    params = ", ".join(f"{k}={v}" for k, v in status["params"].items())
+    print(f"rebuilt {args.index}: {status['kind']} index" + (f" ({params})" if params else "") +
+          f" over {n} vectors from DuckDB in {time.perf_counter() - t0:.2f}s")
+    if status["reason"]:
+        print(status["reason"])
+    _warn(status["warnings"])
     return 0
+
+
+def _toml_value(text: str):
+    """A --set value as TOML reads it (1024, 0.5, true, "x"); a bare word is a string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def cmd_tune(args) -> int:
+    from . import Retriever
+
+    texts = None
+    if args.queries:
+        from .evaluation.queries import load_queries
+
+        texts = [q.query for q in load_queries(args.queries)]
+    with Retriever.open(args.index) as r:
+        report = r.tune(args.target_recall, args.k, sample=args.sample, queries=texts)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"{report.kind} index, {report.vectors:,} vectors; ANN recall@{report.k} against exact search on "
+              f"{report.sample:,} stored vectors" + (f" and {report.labeled:,} labeled queries" if report.labeled else "")
+              + f" ({report.seconds:.1f}s)")
+        print(report.table())
+        if report.note:
+            print(report.note)
+        if report.chosen is not None and report.chosen.params:
+            print(f"chosen: {report.chosen.label} (target {report.target}); stored in {args.index}/manifest.json")
+    return 0 if report.reached else 1
 
 
 def cmd_reembed(args) -> int:

@@ -123,12 +123,14 @@ def plan_index(cfg, dim: int, n: int, *, strict: bool) -> IndexPlan:
 
     m = cfg.pq_m or default_pq_m(dim)
     nbits = cfg.pq_nbits
-    if n < 2 ** nbits:
-        best = int(math.log2(n)) if n >= 2 else 0
-        rule = f"between 4 and {best}" if best >= 4 else "at least 4, which needs 16 vectors or more"
+    need = MIN_POINTS_PER_CENTROID * 2 ** nbits
+    if n < need:
+        best = int(math.log2(n / MIN_POINTS_PER_CENTROID)) if n >= MIN_POINTS_PER_CENTROID else 0
+        rule = (f"between 4 and {best}" if best > 4 else "4" if best == 4
+                else f"at least 4, which needs {MIN_POINTS_PER_CENTROID * 16:,} vectors or more")
         return too_small(
-            f"index.pq_nbits = {nbits} needs at least {2 ** nbits:,} vectors to train its {2 ** nbits} centroids per "
-            f"sub-quantizer; the corpus has {n:,}, so pq_nbits must be {rule}."
+            f"index.pq_nbits = {nbits} needs at least {need:,} vectors to train its {2 ** nbits} centroids per "
+            f"sub-quantizer ({MIN_POINTS_PER_CENTROID} each); the corpus has {n:,}, so pq_nbits must be {rule}."
         )
     if not cfg.pq_m:
         reason = (reason + " " if reason else "") + f"pq_m = {m} chosen automatically ({dim // m} dimensions each)."

@@ -339,7 +339,7 @@ class Retriever:
         n = self._store.count()
         plan = plan_index(self.config.index, self._index.dim, n, strict=False)
         if plan.kind == "flat":
-            if plan.pending and not self._pending_warned:
+            if plan.pending and n and not self._pending_warned:
                 log.warning("%s: %s", self.path, plan.reason)
                 self._pending_warned = True
             self._manifest["index"] = _index_meta(plan, self.config.index.kind, None, self._manifest["index"].get("tuned"))
@@ -710,6 +710,33 @@ class Retriever:
                 problems.append(str(e))
         return VerifyReport(ok=not problems, problems=tuple(problems), checks=checks,
                             warnings=tuple(self.index_status()["warnings"]))
+
+    def tune(self, target_recall: float = 0.95, k: int = 10, *, sample: int = 1000,
+             queries: Sequence[str] | None = None, seed: int = 0):
+        """Find the cheapest nprobe / ef_search / PQ re-score depth reaching `target_recall` (ANN recall@k against
+        exact search) and store it in the manifest, where every later open picks it up (a non-zero
+        index.nprobe / index.ef_search / index.rescore in the config still wins). Returns a TuneReport;
+        nothing is stored when the target is not reached."""
+        from .tuning import tune
+
+        self._require_writable()
+        with self._write_lock:
+            report = tune(self, target_recall, k, sample=sample, queries=queries, seed=seed)
+            if report.chosen is not None and report.chosen.params:
+                c = report.chosen
+                tuned = {"params": dict(c.params), "target_recall": report.target, "k": k, "recall": round(c.recall, 4),
+                         "recall_labeled": None if c.recall_labeled is None else round(c.recall_labeled, 4),
+                         "p50_ms": round(c.p50_ms, 3), "vectors": report.vectors, "sample": report.sample,
+                         "labeled_queries": report.labeled, "at": _now()}
+                manifest = {**self._manifest, "index": {**self._manifest["index"], "tuned": tuned}}
+                write_json_atomic(self.path / MANIFEST, manifest)
+                with self._index_lock:
+                    self._manifest = manifest
+                    self._apply_search_settings()
+                overridden = [key for key in c.params if getattr(self.config.index, key)]
+                if overridden:
+                    log.warning("index.%s is set in the config and overrides the tuned value", overridden[0])
+        return report
 
     def rebuild(self, index: dict | None = None) -> int:
         """Rebuild FAISS from the vectors stored in DuckDB (no re-embedding), retraining IVF/PQ on a fresh sample,

@@ -48,6 +48,17 @@ def corpus_index(tmp_path_factory, fitz300, model_cache) -> Retriever:
     r.close()
 
 
+@pytest.fixture(scope="session")
+def fitz1000_index(tmp_path_factory, model_cache) -> Path:
+    """The default pipeline over the default corpus (fitz_gov_subset(1000), default config, 1,109 vectors of real
+    MiniLM embeddings), saved and closed. Copy it (copy_index) before changing it."""
+    path = tmp_path_factory.mktemp("fitz1000") / "index"
+    docs, _ = fitz_gov_subset(1000)
+    with Retriever.create(path, RetrieverConfig()) as r:
+        r.upsert(docs)
+    return path
+
+
 @pytest.fixture
 def small_docs() -> list[Document]:
     return [

@@ -7,7 +7,6 @@ import pytest
 
 from retriever import Retriever, RetrieverConfig
 from retriever.cli import main
-from retriever.datasets import fitz_gov_subset
 from retriever.models import resolve_embedder
 
 from conftest import ROOT, copy_index
@@ -16,13 +15,9 @@ EVALS = ROOT / "evals"
 
 
 @pytest.fixture(scope="module")
-def demo_index(tmp_path_factory, model_cache):
+def demo_index(fitz1000_index):
     """The default pipeline over the default corpus: fitz_gov_subset(1000), default config."""
-    path = tmp_path_factory.mktemp("golden") / "index"
-    docs, _ = fitz_gov_subset(1000)
-    with Retriever.create(path, RetrieverConfig()) as r:
-        r.upsert(docs)
-    return path
+    return fitz1000_index
 
 
 def _eval(index, capsys):
