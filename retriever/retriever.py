@@ -550,6 +550,20 @@ class Retriever:
             return scores, vids
         expected = min(n, live if allowed is None else len(allowed))
         short = np.flatnonzero((vids >= 0).sum(axis=1) < expected)
+        if len(short) and allowed is None and index.kind != "flat":
+            # unfiltered and short (tiny IVF lists, or many masked HNSW vectors): widen the search in RAM
+            # before falling back to a scan of every vector in DuckDB
+            with self._index_lock:
+                ws, wv = index.search(q[short], want, None, nprobe=1 << 30,
+                                      ef_search=min(max(int(index.index.ntotal), 1), max(16 * want, 1024)))
+            if index.lossy:
+                ws, wv = self._rescored(q[short], wv, n)
+            width = max(scores.shape[1], wv.shape[1])
+            scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
+            vids = np.pad(vids, ((0, 0), (0, width - vids.shape[1])), constant_values=-1)
+            scores[short], vids[short] = -np.inf, -1
+            scores[short, :wv.shape[1]], vids[short, :wv.shape[1]] = ws, wv
+            short = np.flatnonzero((vids >= 0).sum(axis=1) < expected)
         if len(short):
             self.fallbacks += len(short)
             log.debug("%d of %d searches came back short; completing them exactly", len(short), len(q))
@@ -557,6 +571,7 @@ class Retriever:
             width = max(scores.shape[1], ev.shape[1])
             scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
             vids = np.pad(vids, ((0, 0), (0, width - vids.shape[1])), constant_values=-1)
+            scores[short], vids[short] = -np.inf, -1
             scores[short, :ev.shape[1]] = es
             vids[short, :ev.shape[1]] = ev
         return scores, vids
