@@ -22,7 +22,9 @@ from .documents import CHUNK_SEPARATOR, Document, chunk_documents, validate_docu
 from .embedding import Embedder
 from .errors import IndexMismatchError, InputError, RetrieverError
 from .filters import compile_filter
-from .index_plan import TRAINED_KINDS, IndexPlan, check_settings, plan_index, retrain_due, training_sample_size
+from .index_plan import (
+    MIN_POINTS_PER_CENTROID, TRAINED_KINDS, IndexPlan, check_settings, plan_index, retrain_due, training_sample_size,
+)
 from .models import file_sha256
 from .persistence import (
     FORMAT_VERSION, MANIFEST, PREVIOUS, SNAPSHOT, STORE, WriterLock, fsync_dir, generation_dir, read_manifest,
@@ -294,8 +296,9 @@ class Retriever:
                     why = f"replayed {len(added)} additions and {len(deleted)} deletions logged after the last save"
                 return index, why
             problems.append(f"{name} plus the changelog does not match the documents table")
-        if plan.kind in TRAINED_KINDS and plan_index(cfg, dim, store.count(), strict=False).kind != plan.kind:
-            plan = IndexPlan("flat", {}, "the corpus no longer supports the trained index", pending=plan.kind)
+        if plan.kind in TRAINED_KINDS and store.count() < MIN_POINTS_PER_CENTROID * plan.params["nlist"]:
+            plan = IndexPlan("flat", {}, f"{store.count()} vectors are too few to retrain nlist = "
+                             f"{plan.params['nlist']}; searching exactly until `retriever rebuild`", pending=plan.kind)
         index, _ = build_index(store, dim, cfg, plan)
         return index, f"rebuilt the FAISS index from the {len(index)} vectors in DuckDB ({'; '.join(problems)})"
 
