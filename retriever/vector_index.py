@@ -18,7 +18,7 @@ from .index_plan import KINDS, TRAINED_KINDS, IndexPlan, default_nprobe
 from .vectors import as_unit_vectors
 
 DEFAULT_EF_SEARCH = 64
-DEFAULT_RESCORE = 4
+DEFAULT_RESCORE = 16
 
 
 def _new_faiss(dim: int, plan: IndexPlan) -> faiss.Index:
