@@ -1,6 +1,6 @@
 """The filter language: a Mongo-style dict compiled to *parameterized* SQL over the `metadata` JSON column.
 
-    {"lang": "en", "year": {"$gte": 2020}, "tags": {"$contains": "policy"},
+    {"lang": "en", "year": {"$gte": 2020}, "tags": {"$contains": "policy"}, "title": {"$text": "tax"},
      "$or": [{"domain": "finance"}, {"domain": "legal"}], "$not": {"draft": true}}
 
 Field names become JSON paths passed as parameters, values are always parameters: no user text is
@@ -16,7 +16,7 @@ from typing import Any
 from .errors import FilterError
 
 COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-FIELD_OPERATORS = (*COMPARISONS, "$in", "$nin", "$exists", "$contains")
+FIELD_OPERATORS = (*COMPARISONS, "$in", "$nin", "$exists", "$contains", "$text")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
 _NUMERIC_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
@@ -153,4 +153,10 @@ def _compile_op(path: str, op: str, value: Any, params: list, where: str) -> str
             raise FilterError(f"{where}: $contains needs a value to look for in a list field, got null")
         params.extend([path + "[*]", json.dumps(value)])
         return "COALESCE(list_contains(json_extract(metadata, ?)::VARCHAR[], ?), FALSE)"
+    if op == "$text":
+        if not isinstance(value, str) or not value:
+            raise FilterError(f"{where}: $text takes a non-empty string to find inside a string field, got {value!r}")
+        params.extend([path, path, value])
+        return ("COALESCE(json_type(metadata, ?) = 'VARCHAR' AND "
+                "contains(json_extract_string(metadata, ?), ?), FALSE)")
     raise FilterError(f"{where}: unknown operator {op!r}; allowed: {', '.join(FIELD_OPERATORS)}")  # pragma: no cover

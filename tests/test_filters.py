@@ -40,6 +40,9 @@ def _ids(con, f):
         ({"year": {"$gte": "2020"}}, ["c"]),  # string comparison only among strings
         ({"tags": "y"}, ["a", "b"]),  # an array field matches when it holds the value
         ({"tags": {"$contains": 2}}, ["d"]),
+        ({"lang": {"$text": "e"}}, ["a", "b", "c"]),  # substring of a string field, case-sensitive
+        ({"lang": {"$text": "E"}}, []),
+        ({"year": {"$text": "202"}}, ["c"]),  # only string fields: the number 2021 is not text
         ({"draft": True}, ["a"]),
         ({"draft": {"$ne": True}}, ["b", "c", "d", "e"]),
         ({"lang": {"$in": ["en", "de"]}}, ["a", "b", "c"]),
