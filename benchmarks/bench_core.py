@@ -21,12 +21,9 @@ Sections (one table printed at the end, all raw numbers in benchmarks/results/co
 """
 from __future__ import annotations
 
-import os
+from benchenv import ROOT  # first: offline hubs, quiet warnings, the repository on sys.path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+import os  # noqa: E402
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -36,21 +33,14 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 import faiss  # noqa: E402
 
-import retriever.retriever as retriever_module  # noqa: E402
 from retriever import Retriever, RetrieverConfig  # noqa: E402
 from retriever import runtime  # noqa: E402
 from retriever.datasets import fitz_gov_subset  # noqa: E402

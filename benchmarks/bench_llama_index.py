@@ -22,12 +22,9 @@ top-20's unique documents and keep 10). torch runs 2 threads for both. Results: 
 """
 from __future__ import annotations
 
-import os
+from benchenv import ROOT  # first: offline hubs, quiet warnings, the repository on sys.path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+import os  # noqa: E402
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -36,16 +33,10 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-warnings.filterwarnings("ignore", category=FutureWarning)
 
 import faiss  # noqa: E402
 import torch  # noqa: E402
