@@ -21,7 +21,7 @@ Sections (one table printed at the end, all raw numbers in benchmarks/results/co
 """
 from __future__ import annotations
 
-from benchenv import ROOT  # first: offline hubs, quiet warnings, the repository on sys.path
+from benchenv import ROOT, cpu_seconds, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
 
 import os  # noqa: E402
 
@@ -64,22 +64,6 @@ def loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover
         return None
-
-
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes on the machine have used so far (from /proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return (sum(vals) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_fraction(interval: float = 1.0) -> float | None:

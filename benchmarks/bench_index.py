@@ -25,7 +25,7 @@ goes to <out>/index.json and the recall-vs-queries/s plot to <out>/index_recall_
 """
 from __future__ import annotations
 
-from benchenv import ROOT  # first: offline hubs, quiet warnings, the repository on sys.path
+from benchenv import ROOT, cpu_seconds, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
 
 import os  # noqa: E402
 
@@ -131,22 +131,6 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int | None:
     return rss_parts().get("VmHWM")
-
-
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds every process on the machine has used so far (/proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return (sum(vals) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class Phase:

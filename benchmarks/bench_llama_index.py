@@ -22,7 +22,7 @@ top-20's unique documents and keep 10). torch runs 2 threads for both. Results: 
 """
 from __future__ import annotations
 
-from benchenv import ROOT  # first: offline hubs, quiet warnings, the repository on sys.path
+from benchenv import ROOT, cpu_seconds, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
 
 import os  # noqa: E402
 
@@ -60,20 +60,6 @@ RERANKER = "builtin:ms-marco-MiniLM-L-12-v2"
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def machine_busy_seconds() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(ms: list[float], q: float) -> float:

@@ -16,3 +16,21 @@ if str(ROOT) not in sys.path:
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds this process has used (user + system)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every process on the machine has used so far (from /proc/stat), or None off Linux. Minus this
+    process's `cpu_seconds()` over the same interval, it is what the *other* processes took."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return (sum(vals) - idle) / os.sysconf("SC_CLK_TCK")
