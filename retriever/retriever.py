@@ -70,6 +70,17 @@ def build_index(store: Store, dim: int, cfg, plan: IndexPlan) -> tuple[VectorInd
     return index, trained
 
 
+def _replace_rows(scores: np.ndarray, vids: np.ndarray, rows: np.ndarray, new_scores: np.ndarray,
+                  new_vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, vids) with `rows` replaced by a second search's results (widened so both fit; empty slots -1)."""
+    width = max(scores.shape[1], new_vids.shape[1])
+    scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
+    vids = np.pad(vids, ((0, 0), (0, width - vids.shape[1])), constant_values=-1)
+    scores[rows], vids[rows] = -np.inf, -1
+    scores[rows, :new_vids.shape[1]], vids[rows, :new_vids.shape[1]] = new_scores, new_vids
+    return scores, vids
+
+
 def _index_meta(plan: IndexPlan, requested: str, trained: dict | None, tuned: dict | None = None) -> dict:
     return {**plan.to_dict(), "requested": requested, "metric": "inner_product", "normalized": True,
             "trained": trained, "tuned": tuned}
@@ -561,22 +572,12 @@ class Retriever:
                                       ef_search=min(max(int(index.index.ntotal), 1), max(16 * want, 1024)))
             if index.lossy:
                 ws, wv = self._rescored(q[short], wv, n)
-            width = max(scores.shape[1], wv.shape[1])
-            scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
-            vids = np.pad(vids, ((0, 0), (0, width - vids.shape[1])), constant_values=-1)
-            scores[short], vids[short] = -np.inf, -1
-            scores[short, :wv.shape[1]], vids[short, :wv.shape[1]] = ws, wv
+            scores, vids = _replace_rows(scores, vids, short, ws, wv)
             short = np.flatnonzero((vids >= 0).sum(axis=1) < expected)
         if len(short):
             self.fallbacks += len(short)
             log.debug("%d of %d searches came back short; completing them exactly", len(short), len(q))
-            es, ev = self._exact(q[short], n, allowed)
-            width = max(scores.shape[1], ev.shape[1])
-            scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
-            vids = np.pad(vids, ((0, 0), (0, width - vids.shape[1])), constant_values=-1)
-            scores[short], vids[short] = -np.inf, -1
-            scores[short, :ev.shape[1]] = es
-            vids[short, :ev.shape[1]] = ev
+            scores, vids = _replace_rows(scores, vids, short, *self._exact(q[short], n, allowed))
         return scores, vids
 
     def _search_vectors(self, queries: list[str] | None, q: np.ndarray, k: int, allowed: np.ndarray | None,

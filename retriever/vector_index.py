@@ -147,13 +147,11 @@ class VectorIndex:
     def _params(self, k: int, sel, nprobe: int | None, ef_search: int | None):
         if self.kind == "hnsw":
             ef = max(k, ef_search or self.ef_search or DEFAULT_EF_SEARCH)
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None else \
-                faiss.SearchParametersHNSW(efSearch=ef)
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
         if self.ivf is not None:
             nlist = self.ivf.nlist
             probe = min(nlist, nprobe or self.nprobe or default_nprobe(nlist))
-            p = faiss.SearchParametersIVF(sel=sel, nprobe=probe) if sel is not None else \
-                faiss.SearchParametersIVF(nprobe=probe)
+            p = faiss.SearchParametersIVF(sel=sel, nprobe=probe)
             if isinstance(self.index, faiss.IndexPreTransform):
                 return faiss.SearchParametersPreTransform(index_params=p)
             return p
@@ -173,11 +171,8 @@ class VectorIndex:
         vids are never returned. Returns (scores, vids), each (nq, k); missing slots have vid -1."""
         q = as_unit_vectors(queries, self.dim, what="query vectors")
         k = max(1, min(int(k), max(1, int(self.index.ntotal))))
-        keep = None
-        if allowed is not None:
-            allowed = np.ascontiguousarray(allowed, dtype=np.int64)
-            keep = faiss.IDSelectorBatch(allowed)  # allowed vids come from DuckDB: never masked ones
-            sel = keep
+        if allowed is not None:  # allowed vids come from DuckDB: never masked ones
+            sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
         else:
             sel = self._mask_sel[0] if self._mask_sel else None
         params = self._params(k, sel, nprobe, ef_search)
