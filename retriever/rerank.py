@@ -5,6 +5,7 @@ The model loads on first use, so `search(..., rerank=False)` never loads it. tor
 from __future__ import annotations
 
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ class Reranker:
         self.device = device
         self._model = None
         self._lock = threading.Lock()
+        self.last_seconds = 0.0
 
     @classmethod
     def from_config(cls, config) -> "Reranker":
@@ -45,19 +47,37 @@ class Reranker:
 
         return CrossEncoder(path, device=self.device, max_length=self.max_length)
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Relevance of each (query, passage) pair; higher is more relevant (sigmoid of the logit: 0..1)."""
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, budget_s: float | None = None) -> np.ndarray | None:
+        """Relevance of each (query, passage) pair; higher is more relevant (sigmoid of the logit: 0..1).
+
+        With `budget_s`, returns None instead of running past the budget: batches run while the time spent plus the
+        slowest batch so far still fits (so it may stop before the first batch only when the budget is <= 0)."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         import torch
 
+        t0 = time.perf_counter()
+        model = self.model  # loading the model is not counted against the budget
+        budget_start = time.perf_counter()
         # sorted by length so each batch pads to a similar length, not to the longest pair of the query
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        if budget_s is None:
+            chunks = [order]
+        else:
+            chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        scores, slowest = [], 0.0
         with torch.inference_mode():
-            scores = self.model.predict([pairs[i] for i in order], batch_size=self.batch_size,
-                                        show_progress_bar=False, convert_to_numpy=True)
+            for chunk in chunks:
+                if budget_s is not None and time.perf_counter() - budget_start + slowest > budget_s:
+                    return None
+                c0 = time.perf_counter()
+                part = model.predict([pairs[i] for i in chunk], batch_size=self.batch_size,
+                                     show_progress_bar=False, convert_to_numpy=True)
+                slowest = max(slowest, time.perf_counter() - c0)
+                scores.append(np.asarray(part, dtype=np.float32).reshape(len(chunk)))
+        self.last_seconds = time.perf_counter() - t0
         out = np.empty(len(pairs), dtype=np.float32)
-        out[order] = np.asarray(scores, dtype=np.float32).reshape(len(pairs))
+        out[order] = np.concatenate(scores)
         return out
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:

@@ -22,17 +22,18 @@ from .documents import CHUNK_SEPARATOR, Document, chunk_documents, validate_docu
 from .embedding import Embedder
 from .errors import IndexMismatchError, InputError, RetrieverError
 from .filters import compile_filter
+from .locks import ReadWriteLock
 from .index_plan import (
     MIN_POINTS_PER_CENTROID, TRAINED_KINDS, IndexPlan, check_settings, plan_index, retrain_due, training_sample_size,
 )
 from .models import file_sha256
 from .persistence import (
-    FORMAT_VERSION, MANIFEST, PREVIOUS, SNAPSHOT, STORE, WriterLock, fsync_dir, generation_dir, read_manifest,
-    write_json_atomic,
+    FORMAT_VERSION, MANIFEST, PREVIOUS, SNAPSHOT, STORE, ReaderMark, WriterLock, copy_generation, fsync_dir,
+    generation_dir, generations, has_readers, read_manifest, write_json_atomic,
 )
 from .rerank import Reranker
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
-from .store import Store
+from .store import Store, StoreBusy
 from .vector_index import DEFAULT_RESCORE, VectorIndex
 from .vectors import as_unit_vectors
 
@@ -128,9 +129,12 @@ class Retriever:
         self.config = config
         self.read_only = read_only
         self._lock = lock
+        self._reader_mark: ReaderMark | None = None  # read-only: the generation this process serves
         self.recovered = recovered  # why the FAISS snapshot was repaired on open, or None
+        # one write at a time (embedding happens before, outside both locks); `_rw` makes a write's DuckDB commit
+        # and FAISS update one step for searches, which hold its read side from the filter to the row fetch
         self._write_lock = threading.RLock()
-        self._index_lock = threading.RLock()
+        self._rw = ReadWriteLock()
         self._saved_seq = (manifest.get("snapshot") or {}).get("seq", -1) if recovered is None else -1
         self._fingerprint_checked = False
         self._closed = False
@@ -200,63 +204,146 @@ class Retriever:
     @classmethod
     def open(cls, path: str | os.PathLike, config: RetrieverConfig | None = None, *, read_only: bool = False) -> "Retriever":
         """Open an index. `config` may change search-time settings (rerank, runtime, ingest, chunking); a different
-        embedding model is refused (use :meth:`reembed`)."""
+        embedding model is refused (use :meth:`reembed`).
+
+        Read-only opens can run in many processes at once, beside one writer: a writer that finds readers on the
+        current generation writes into a copy, and readers move to it on their next open (or server reload) after
+        the writer closes or calls :meth:`publish`."""
         root = Path(path)
-        manifest = read_manifest(root)
-        stored = RetrieverConfig.from_dict(manifest["config"], source=str(root / MANIFEST))
-        if config is None:
-            config = stored
-        else:
-            if not isinstance(config, RetrieverConfig):
-                raise InputError(f"config must be a RetrieverConfig, got {type(config).__name__}")
-            if config.embedding.model != stored.embedding.model:
-                raise IndexMismatchError(
-                    f"{root} was embedded with {stored.embedding.model!r}, not {config.embedding.model!r}; "
-                    f"open it with embedding.model = {stored.embedding.model!r}, or re-embed it: "
-                    f"`retriever reembed {root} --model {config.embedding.model}`"
-                )
-            for key in BUILD_SETTINGS:
-                want, have = getattr(config.index, key), getattr(stored.index, key)
-                if want != have:
-                    raise InputError(
-                        f"{root} was built with index.{key} = {have!r}, not {want!r}; open it with index.{key} = "
-                        f"{have!r}, or change the index: `retriever rebuild {root} --set {key}={want}` "
-                        f"(search-time settings such as nprobe and ef_search may differ freely)"
-                    )
-        runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
-        lock = None
-        if not read_only:
-            lock = WriterLock(root)
-            lock.acquire()
+        if read_only:
+            return cls._open_reader(root, config)
+        lock = WriterLock(root) if (root / MANIFEST).is_file() else None
+        if lock is None:
+            read_manifest(root)  # raises the right error for a missing or foreign directory
+        lock.acquire()
+        store = None
         try:
-            if not read_only:
-                cls._remove_stale_generations(root, manifest["generation"])
-            gdir = generation_dir(root, manifest["generation"])
-            store = Store.open(gdir / STORE, read_only=read_only)
-            dim = manifest["embedder"]["dim"]
-            if store.dim != dim:
-                raise IndexMismatchError(f"{gdir / STORE} holds {store.dim}-d vectors but the manifest says {dim}")
-            mmap = read_only and config.index.mmap
-            index, recovered = cls._load_index(gdir, manifest, store, config.index, mmap=mmap)
+            manifest = read_manifest(root)  # read under the lock: the last writer may have just switched generations
+            config = cls._check_config(root, manifest, config)
+            runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
+            cls._remove_stale_generations(root, manifest)
+            if has_readers(generation_dir(root, manifest["generation"])):
+                manifest = cls._fork(root, manifest)
+            try:
+                store = Store.open(generation_dir(root, manifest["generation"]) / STORE)
+            except StoreBusy:  # a reader opened it after the check above
+                manifest = cls._fork(root, manifest)
+                store = Store.open(generation_dir(root, manifest["generation"]) / STORE)
+            index, recovered = cls._checked_index(root, manifest, store, config, mmap=False)
         except BaseException:
-            if lock:
-                lock.release()
+            if store is not None:
+                store.close()
+            lock.release()
             raise
-        r = cls(root, manifest, store, index, config, read_only=read_only, lock=lock, recovered=recovered)
+        r = cls(root, manifest, store, index, config, read_only=False, lock=lock, recovered=recovered)
         if recovered:
             log.warning("%s: %s", root, recovered)
-            if not read_only:
-                r.save()
+            r.save()
         return r
 
+    @classmethod
+    def _open_reader(cls, root: Path, config: RetrieverConfig | None) -> "Retriever":
+        """The current generation, or the `stable` one the manifest names while a writer holds the current one."""
+        for attempt in range(5):
+            manifest = read_manifest(root)
+            candidates = [manifest] + ([manifest["stable"]] if manifest.get("stable") else [])
+            busy = None
+            for m in candidates:
+                gdir = generation_dir(root, m["generation"])
+                mark = ReaderMark(gdir)
+                mark.acquire()
+                store = None
+                try:
+                    if not gdir.is_dir():
+                        raise FileNotFoundError(gdir)
+                    cfg = cls._check_config(root, m, config)
+                    runtime.configure(cfg.runtime.torch_threads, cfg.runtime.faiss_threads)
+                    store = Store.open(gdir / STORE, read_only=True)
+                    index, recovered = cls._checked_index(root, m, store, cfg, mmap=cfg.index.mmap)
+                except StoreBusy as e:
+                    mark.release()
+                    busy = e
+                    continue
+                except FileNotFoundError:  # removed by a writer after we read the manifest: read it again
+                    mark.release()
+                    break
+                except BaseException:
+                    if store is not None:
+                        store.close()
+                    mark.release()
+                    raise
+                r = cls(root, m, store, index, cfg, read_only=True, lock=None, recovered=recovered)
+                r._reader_mark = mark
+                if recovered:
+                    log.warning("%s: %s", root, recovered)
+                return r
+            else:
+                raise RetrieverError(
+                    f"{root}: generation {manifest['generation']} is open for writing in another process that started "
+                    f"before any reader, and no earlier generation is published; open it read-only after that writer "
+                    f"closes (or calls publish), or start readers first"
+                ) from busy
+            time.sleep(0.05 * (attempt + 1))
+        raise RetrieverError(f"{root}: its generations kept changing while opening; try again")
+
     @staticmethod
-    def _remove_stale_generations(root: Path, current: int) -> None:
-        """Leftovers of an interrupted save or re-embed: other generations and temporary files (the writer lock
-        is held, so no other process is writing them)."""
-        for d in root.glob("gen-*"):
-            if d.is_dir() and d != generation_dir(root, current):
-                shutil.rmtree(d, ignore_errors=True)
-        for tmp in [*root.glob(f".{MANIFEST}.tmp-*"), *generation_dir(root, current).glob(f".{SNAPSHOT}.tmp-*")]:
+    def _check_config(root: Path, manifest: dict, config: RetrieverConfig | None) -> RetrieverConfig:
+        stored = RetrieverConfig.from_dict(manifest["config"], source=str(root / MANIFEST))
+        if config is None:
+            return stored
+        if not isinstance(config, RetrieverConfig):
+            raise InputError(f"config must be a RetrieverConfig, got {type(config).__name__}")
+        if config.embedding.model != stored.embedding.model:
+            raise IndexMismatchError(
+                f"{root} was embedded with {stored.embedding.model!r}, not {config.embedding.model!r}; "
+                f"open it with embedding.model = {stored.embedding.model!r}, or re-embed it: "
+                f"`retriever reembed {root} --model {config.embedding.model}`"
+            )
+        for key in BUILD_SETTINGS:
+            want, have = getattr(config.index, key), getattr(stored.index, key)
+            if want != have:
+                raise InputError(
+                    f"{root} was built with index.{key} = {have!r}, not {want!r}; open it with index.{key} = "
+                    f"{have!r}, or change the index: `retriever rebuild {root} --set {key}={want}` "
+                    f"(search-time settings such as nprobe and ef_search may differ freely)"
+                )
+        return config
+
+    @classmethod
+    def _checked_index(cls, root: Path, manifest: dict, store: Store, config: RetrieverConfig, *, mmap: bool):
+        dim = manifest["embedder"]["dim"]
+        gdir = generation_dir(root, manifest["generation"])
+        if store.dim != dim:
+            raise IndexMismatchError(f"{gdir / STORE} holds {store.dim}-d vectors but the manifest says {dim}")
+        return cls._load_index(gdir, manifest, store, config.index, mmap=mmap)
+
+    @staticmethod
+    def _fork(root: Path, manifest: dict) -> dict:
+        """Copy the current generation (readers hold it) to a new one and point the manifest at the copy, keeping
+        the old one under `stable` for readers. The manifest moves before any write lands in the copy, so an
+        acknowledged write is always in the generation the manifest names."""
+        source = manifest["generation"]
+        target = max(generations(root) + [source]) + 1
+        t0 = time.perf_counter()
+        copy_generation(root, source, target)
+        stable = {k: v for k, v in manifest.items() if k != "stable"}
+        forked = {**stable, "generation": target, "stable": stable, "forked_from": source}
+        write_json_atomic(root / MANIFEST, forked)
+        log.info("%s: generation %d is in use by readers; writing into a copy, generation %d (%.2f s)",
+                 root, source, target, time.perf_counter() - t0)
+        return forked
+
+    @staticmethod
+    def _remove_stale_generations(root: Path, manifest: dict) -> None:
+        """Leftovers of an interrupted save, re-embed or fork, and generations no reader serves any more (the
+        writer lock is held, so no other process is writing them)."""
+        keep = {manifest["generation"], (manifest.get("stable") or {}).get("generation")}
+        for n in generations(root):
+            gdir = generation_dir(root, n)
+            if n not in keep and not has_readers(gdir):
+                shutil.rmtree(gdir, ignore_errors=True)
+        for tmp in [*root.glob(f".{MANIFEST}.tmp-*"),
+                    *generation_dir(root, manifest["generation"]).glob(f".{SNAPSHOT}.tmp-*")]:
             tmp.unlink(missing_ok=True)
 
     @staticmethod
@@ -325,7 +412,7 @@ class Retriever:
             self._store.checkpoint()
             gdir = generation_dir(self.path, self._manifest["generation"])
             tmp = gdir / f".{SNAPSHOT}.tmp-{os.getpid()}"
-            with self._index_lock:
+            with self._rw.read():
                 self._index.write(tmp)
                 ntotal = len(self._index)
             sha = file_sha256(tmp)
@@ -363,22 +450,61 @@ class Retriever:
         self._swap_index(index, _index_meta(plan, self.config.index.kind, trained))
 
     def _swap_index(self, index: VectorIndex, meta: dict) -> None:
-        with self._index_lock:
+        with self._rw.write():
             self._index = index
             self._manifest = {**self._manifest, "index": meta}
             self._apply_search_settings()
         self._saved_seq = -1
 
     def close(self) -> None:
+        """Save (writers), wait for searches in flight, and release the files. A writer that wrote into a copy of
+        the generation readers held hands the copy over to them (the manifest's `stable` entry is dropped)."""
         if self._closed:
             return
         try:
             self.save()
         finally:
-            self._closed = True
-            self._store.close()
+            with self._rw.write():
+                self._closed = True
+                self._store.close()
+            if self._reader_mark:
+                self._reader_mark.release()
             if self._lock:
-                self._lock.release()
+                try:
+                    self._hand_over()
+                finally:
+                    self._lock.release()
+
+    def _hand_over(self) -> None:
+        # even when the save failed the generation is whole: DuckDB committed every write and its changelog
+        # brings the older snapshot up to date on open
+        if self._manifest.get("stable"):
+            manifest = {k: v for k, v in self._manifest.items() if k not in ("stable", "forked_from")}
+            write_json_atomic(self.path / MANIFEST, manifest)
+            self._manifest = manifest
+        self._remove_stale_generations(self.path, self._manifest)
+
+    def publish(self) -> dict[str, Any]:
+        """Save, and make what was saved openable by read-only processes while this one goes on writing: the saved
+        generation becomes the manifest's `stable` one and writing continues in a copy. Returns the generations
+        and the seconds the copy took (it is the size of the DuckDB file plus the FAISS snapshots)."""
+        self._require_writable()
+        t0 = time.perf_counter()
+        with self._write_lock:
+            self.save()
+            with self._rw.write():
+                published = self._manifest["generation"]
+                self._store.close()
+                try:
+                    manifest = self._fork(self.path, self._manifest)
+                except BaseException:
+                    self._store = Store.open(generation_dir(self.path, published) / STORE)
+                    raise
+                self._store = Store.open(generation_dir(self.path, manifest["generation"]) / STORE)
+                self._manifest = manifest
+            self._remove_stale_generations(self.path, manifest)
+        return {"published": published, "writing": manifest["generation"],
+                "seconds": round(time.perf_counter() - t0, 3)}
 
     def __enter__(self) -> "Retriever":
         return self
@@ -434,12 +560,11 @@ class Retriever:
         vectors = embedder.encode([p.text for p in pieces], show_progress_bar=show_progress)
         rows = [(p.id, p.metadata["parent_id"] if CHUNK_SEPARATOR in p.id else None, p.text, p.metadata)
                 for p in pieces]
-        with self._write_lock:
+        order = {p.id: i for i, p in enumerate(pieces)}
+        with self._write_lock, self._rw.write():
             result = self._store.upsert([d.id for d in docs], rows, vectors)
-            order = {p.id: i for i, p in enumerate(pieces)}
-            with self._index_lock:
-                self._index.remove(result.removed_vids)
-                self._index.add(result.added_vids, vectors[[order[i] for i in result.added_ids]])
+            self._index.remove(result.removed_vids)
+            self._index.add(result.added_vids, vectors[[order[i] for i in result.added_ids]])
         replaced = len(result.replaced_keys)
         chunked = len({row[1] for row in rows if row[1] is not None})
         return UpsertReport(documents=len(docs), added=len(docs) - replaced, updated=replaced, vectors=len(pieces),
@@ -451,10 +576,9 @@ class Retriever:
         ids = _check_ids(ids)
         if not ids:
             return DeleteReport(0)
-        with self._write_lock:
+        with self._write_lock, self._rw.write():
             result = self._store.delete(ids)
-            with self._index_lock:
-                self._index.remove(result.removed_vids)
+            self._index.remove(result.removed_vids)
         missing = tuple(i for i in dict.fromkeys(ids) if i not in result.replaced_keys)
         return DeleteReport(deleted=len(result.replaced_keys), missing=missing, vectors=len(result.removed_vids))
 
@@ -477,13 +601,19 @@ class Retriever:
         return self.search_traced(queries, k=k, filters=filters, rerank=rerank)[0]
 
     def search_traced(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
-                      rerank: bool = True) -> tuple[list[list[Hit]], dict[str, Any]]:
-        """`search_batch` plus a trace for evaluation: milliseconds per stage (embed, search, join, rerank), the
-        query vectors, and each query's candidates in retrieval order as (id, parent id, cosine)."""
+                      rerank: bool = True, *, rerank_budget_ms: float | None = None
+                      ) -> tuple[list[list[Hit]], dict[str, Any]]:
+        """`search_batch` plus a trace: milliseconds per stage (embed, search, join, rerank), whether the hits
+        were reranked, whether the rerank time budget ran out (`rerank_timed_out`: the hits are then in retrieval
+        order), the query vectors, and each query's candidates in retrieval order as (id, parent id, cosine).
+
+        `rerank_budget_ms` overrides `[rerank] budget_ms` for this call (0 = no budget)."""
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise InputError("queries must be a list of strings; for a single query use search()")
         queries = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
         k = _check_k(k)
+        if filters is not None:
+            compile_filter(filters)  # a malformed filter fails before the model runs
         trace: dict[str, Any] = {}
         if not queries:
             return [], trace
@@ -492,8 +622,7 @@ class Retriever:
         q = self._embedder().encode(queries)
         trace["embed_ms"] = (time.perf_counter() - t0) * 1000
         trace["query_vectors"] = q
-        allowed = self._allowed(filters)
-        return self._search_vectors(queries, q, k, allowed, rerank, trace), trace
+        return self._search_vectors(queries, q, k, filters, rerank, trace, rerank_budget_ms), trace
 
     def search_by_vector(self, vector, k: int = 10, filters: dict | None = None) -> list[Hit]:
         """Top-k by cosine for a raw vector (lists, float64, non-contiguous accepted; normalized here)."""
@@ -502,7 +631,7 @@ class Retriever:
         q = as_unit_vectors(vector, self._index.dim, what="query vector")
         if len(q) != 1:
             raise InputError(f"search_by_vector takes one vector, got {len(q)}; use a loop or search_batch")
-        return self._search_vectors(None, q, k, self._allowed(filters), rerank=False)[0]
+        return self._search_vectors(None, q, k, filters, rerank=False)[0]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -551,7 +680,7 @@ class Retriever:
             if not len(allowed):
                 return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
             return self._exact(q, n, allowed)
-        with self._index_lock:
+        with self._rw.read():
             index = self._index
             live = len(index)
             if live == 0:
@@ -567,7 +696,7 @@ class Retriever:
         if len(short) and allowed is None and index.kind != "flat":
             # unfiltered and short (tiny IVF lists, or many masked HNSW vectors): widen the search in RAM
             # before falling back to a scan of every vector in DuckDB
-            with self._index_lock:
+            with self._rw.read():
                 ws, wv = index.search(q[short], want, None, nprobe=1 << 30,
                                       ef_search=min(max(int(index.index.ntotal), 1), max(16 * want, 1024)))
             if index.lossy:
@@ -580,27 +709,38 @@ class Retriever:
             scores, vids = _replace_rows(scores, vids, short, *self._exact(q[short], n, allowed))
         return scores, vids
 
-    def _search_vectors(self, queries: list[str] | None, q: np.ndarray, k: int, allowed: np.ndarray | None,
-                        rerank: bool, trace: dict[str, Any] | None = None) -> list[list[Hit]]:
+    def _search_vectors(self, queries: list[str] | None, q: np.ndarray, k: int, filters: dict | None,
+                        rerank: bool, trace: dict[str, Any] | None = None, rerank_budget_ms: float | None = None
+                        ) -> list[list[Hit]]:
         trace = {} if trace is None else trace
         do_rerank = bool(rerank) and self.config.rerank.enabled and queries is not None
         n = max(k, self.config.rerank.candidates) if do_rerank else k
         t0 = time.perf_counter()
-        scores, vids = self._ann(q, n, allowed)
-        t1 = time.perf_counter()
-        rows = self._store.fetch(np.unique(vids[vids >= 0]).tolist())
+        # the filter, the FAISS search and the row fetch see one state: a write lands before or after them
+        with self._rw.read():
+            self._check_open()
+            allowed = self._allowed(filters)
+            scores, vids = self._ann(q, n, allowed)
+            t1 = time.perf_counter()
+            rows = self._store.fetch(np.unique(vids[vids >= 0]).tolist())
         candidates = [[(rows[int(v)], float(s)) for s, v in zip(srow, vrow) if v >= 0 and int(v) in rows]
                       for srow, vrow in zip(scores, vids)]
         t2 = time.perf_counter()
-        trace.update(search_ms=(t1 - t0) * 1000, join_ms=(t2 - t1) * 1000, rerank_ms=0.0, reranked=do_rerank)
+        trace.update(search_ms=(t1 - t0) * 1000, join_ms=(t2 - t1) * 1000, rerank_ms=0.0, reranked=do_rerank,
+                     rerank_timed_out=False)
         trace["candidates"] = [[(r.id, r.metadata.get("parent_id", r.id) if CHUNK_SEPARATOR in r.id else r.id, cos)
                                 for r, cos in c] for c in candidates]
-        if not do_rerank:
+        flat = None
+        if do_rerank:
+            budget = self.config.rerank.budget_ms if rerank_budget_ms is None else rerank_budget_ms
+            pairs = [(query, row.text) for query, c in zip(queries, candidates) for row, _ in c]
+            flat = self.reranker.score_pairs(pairs, budget_s=budget / 1000 if budget else None)
+            trace["rerank_ms"] = (time.perf_counter() - t2) * 1000
+            if flat is None:  # over budget: retrieval order, and the trace says so
+                trace.update(reranked=False, rerank_timed_out=True)
+        if flat is None:
             return [[Hit(r.id, r.text, r.metadata, rank, cos, cos, None)
                      for rank, (r, cos) in enumerate(c[:k], 1)] for c in candidates]
-        pairs = [(query, row.text) for query, c in zip(queries, candidates) for row, _ in c]
-        flat = self.reranker.score_pairs(pairs)
-        trace["rerank_ms"] = (time.perf_counter() - t2) * 1000
         out, start = [], 0
         for c in candidates:
             rs = flat[start:start + len(c)]
@@ -643,7 +783,7 @@ class Retriever:
         """The built index: kind, parameters, why it was chosen, training, masked share, search settings, and
         warnings about maintenance that is due (retraining, compaction, a kind `auto` would now change)."""
         meta = self._manifest.get("index") or {}
-        with self._index_lock:
+        with self._rw.read():
             index = self._index
             live, masked = len(index), index.masked
             effective = index.effective()
@@ -688,7 +828,7 @@ class Retriever:
         elif snap and file_sha256(on_disk) != snap["sha256"]:
             problems.append(f"{on_disk} does not match the manifest's sha256 (run `retriever rebuild {self.path}`)")
         checks["snapshot_checksum"] = not problems
-        with self._index_lock:
+        with self._rw.read():
             faiss_ids = np.sort(self._index.ids())
             store_vids = self._store.vids()
             same = np.array_equal(faiss_ids, store_vids)
@@ -749,7 +889,7 @@ class Retriever:
                          "labeled_queries": report.labeled, "at": _now()}
                 manifest = {**self._manifest, "index": {**self._manifest["index"], "tuned": tuned}}
                 write_json_atomic(self.path / MANIFEST, manifest)
-                with self._index_lock:
+                with self._rw.write():
                     self._manifest = manifest
                     self._apply_search_settings()
                 overridden = [key for key in c.params if getattr(self.config.index, key)]
@@ -816,8 +956,10 @@ class Retriever:
             manifest["index"]["trained"] = trained
             manifest["created_at"] = self._manifest.get("created_at")
             manifest["reembedded_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            if self._manifest.get("stable"):  # readers still serve that one until this writer closes
+                manifest["stable"] = self._manifest["stable"]
             old_store = self._store
-            with self._index_lock:
+            with self._rw.write():
                 self._store, self._index = store, index
                 self._manifest, self.config = manifest, config
                 self.embedder, self._fingerprint_checked = embedder, True
@@ -826,6 +968,7 @@ class Retriever:
             self._saved_seq = -1
             self.save()  # the manifest now points at the new generation
             old_store.close()
-            shutil.rmtree(generation_dir(self.path, old_gen), ignore_errors=True)
+            if not has_readers(generation_dir(self.path, old_gen)):
+                shutil.rmtree(generation_dir(self.path, old_gen), ignore_errors=True)
         return {"generation": new_gen, "vectors": done, "dim": dim, "model": model,
                 "seconds": round(time.perf_counter() - t0, 2)}

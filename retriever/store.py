@@ -32,6 +32,10 @@ class WriteResult:
     seq: int
 
 
+class StoreBusy(RetrieverError):
+    """The DuckDB file is locked by another process (a writer, or readers when opening for writing)."""
+
+
 class Store:
     """Writes go through `self.con` inside explicit transactions; every result on it is fetched to the end
     (DuckDB refuses new work on a connection with an unfinished result). Reads use a fresh cursor each."""
@@ -70,7 +74,7 @@ class Store:
         try:
             con = duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as e:
-            raise RetrieverError(
+            raise StoreBusy(
                 f"cannot open {path} ({e}); another process may hold it for writing: open it read-only or stop the writer"
             ) from None
         info = dict(con.execute("SELECT key, value FROM info").fetchall())
