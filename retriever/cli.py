@@ -86,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-rerank", action="store_true")
     s.add_argument("--limit", type=int, help="evaluate only the first N queries")
 
+    s = sub.add_parser("serve", help="serve an index over HTTP for chatbot backends (FastAPI on uvicorn)")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--host", help="address to bind (default [server] host, 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default [server] port, 8000; 0 picks a free one)")
+    s.add_argument("--read-only", action="store_true",
+                   help="open DuckDB read-only: several such servers share the index beside one writer process; "
+                        "POST /v1/admin/reload or SIGHUP picks up what the writer published")
+    s.add_argument("--config", metavar="FILE",
+                   help="TOML overriding search-time settings of the index, e.g. [server] and [rerank] budget_ms")
+    s.add_argument("--workers", type=int, help="search threads (default [server] workers: one per core)")
+    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
     s = sub.add_parser("demo", help="ingest the bundled fitz-gov subset and run a few queries")
     s.add_argument("--index", default="demo-index", metavar="DIR", help="where to build it (replaced if it exists)")
     s.add_argument("--docs", type=int, default=1000, help="number of fitz-gov documents (default 1000)")
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "ingest": cmd_ingest, "search": cmd_search, "delete": cmd_delete, "info": cmd_info, "verify": cmd_verify,
             "rebuild": cmd_rebuild, "reembed": cmd_reembed, "demo": cmd_demo, "eval": cmd_eval, "tune": cmd_tune,
+            "serve": cmd_serve,
         }[args.command](args)
     except RetrieverError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -353,6 +366,35 @@ def cmd_eval(args) -> int:
         print(f"gate FAILED: {len(failed)} of {len(rows)} rules: {', '.join(x['name'] for x in failed)}")
         return 1
     print(f"gate passed: {len(rows)} rules")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import tomllib
+
+    from .config import RetrieverConfig
+    from .errors import ConfigError
+    from .persistence import read_manifest
+
+    try:
+        from .server import serve
+    except ImportError as e:
+        return _bad(f"serving needs FastAPI and uvicorn ({e.name} is missing): pip install 'rag-retriever[server]'")
+    root = Path(args.index)
+    stored = RetrieverConfig.from_dict(read_manifest(root)["config"], source=str(root / "manifest.json"))
+    overlay: dict = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                overlay = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            return _bad(f"--config {args.config} is not a readable TOML file ({e})")
+        if not all(isinstance(v, dict) for v in overlay.values()):
+            raise ConfigError(f"--config {args.config}: every top-level key must be a [section]")
+    if args.workers is not None:
+        overlay.setdefault("server", {})["workers"] = args.workers
+    config = stored.replace(**overlay) if overlay else stored
+    serve(root, host=args.host, port=args.port, read_only=args.read_only, config=config, log_level=args.log_level)
     return 0
 
 

@@ -22,6 +22,7 @@ class Reranker:
         self._model = None
         self._lock = threading.Lock()
         self.last_seconds = 0.0
+        self.pair_seconds = 0.0  # running average cost of one pair (0 until the first batch ran)
 
     @classmethod
     def from_config(cls, config) -> "Reranker":
@@ -50,8 +51,8 @@ class Reranker:
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, budget_s: float | None = None) -> np.ndarray | None:
         """Relevance of each (query, passage) pair; higher is more relevant (sigmoid of the logit: 0..1).
 
-        With `budget_s`, returns None instead of running past the budget: batches run while the time spent plus the
-        slowest batch so far still fits (so it may stop before the first batch only when the budget is <= 0)."""
+        With `budget_s`, returns None instead of running past the budget: a batch runs only while the time spent plus
+        its expected cost (pairs times the running average seconds per pair, measured on earlier batches) fits."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         import torch
@@ -65,15 +66,16 @@ class Reranker:
             chunks = [order]
         else:
             chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        scores, slowest = [], 0.0
+        scores = []
         with torch.inference_mode():
             for chunk in chunks:
-                if budget_s is not None and time.perf_counter() - budget_start + slowest > budget_s:
+                if budget_s is not None and time.perf_counter() - budget_start + len(chunk) * self.pair_seconds > budget_s:
                     return None
                 c0 = time.perf_counter()
                 part = model.predict([pairs[i] for i in chunk], batch_size=self.batch_size,
                                      show_progress_bar=False, convert_to_numpy=True)
-                slowest = max(slowest, time.perf_counter() - c0)
+                per_pair = (time.perf_counter() - c0) / len(chunk)
+                self.pair_seconds = per_pair if not self.pair_seconds else 0.8 * self.pair_seconds + 0.2 * per_pair
                 scores.append(np.asarray(part, dtype=np.float32).reshape(len(chunk)))
         self.last_seconds = time.perf_counter() - t0
         out = np.empty(len(pairs), dtype=np.float32)

@@ -512,6 +512,20 @@ class Retriever:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def generation(self) -> int:
+        """The index generation this object reads and writes (see `persistence`)."""
+        return self._manifest["generation"]
+
+    def adopt_models(self, other: "Retriever") -> None:
+        """Share `other`'s loaded embedder and cross-encoder when the settings match (a server's reload swaps
+        generations without loading the weights again). The fingerprint check still runs on first use."""
+        if other.config.embedding == self.config.embedding:
+            self.embedder = other.embedder
+        if (other.config.rerank.model, other.config.rerank.max_length, other.config.rerank.batch_size) == (
+                self.config.rerank.model, self.config.rerank.max_length, self.config.rerank.batch_size):
+            self.reranker = other.reranker
+
     def __len__(self) -> int:
         """Number of documents (a chunked document counts once)."""
         return self._store.count_parents()
