@@ -372,16 +372,12 @@ def cmd_eval(args) -> int:
 def cmd_serve(args) -> int:
     import tomllib
 
-    from .config import RetrieverConfig
     from .errors import ConfigError
-    from .persistence import read_manifest
 
     try:
         from .server import serve
     except ImportError as e:
         return _bad(f"serving needs FastAPI and uvicorn ({e.name} is missing): pip install 'rag-retriever[server]'")
-    root = Path(args.index)
-    stored = RetrieverConfig.from_dict(read_manifest(root)["config"], source=str(root / "manifest.json"))
     overlay: dict = {}
     if args.config:
         try:
@@ -393,8 +389,8 @@ def cmd_serve(args) -> int:
             raise ConfigError(f"--config {args.config}: every top-level key must be a [section]")
     if args.workers is not None:
         overlay.setdefault("server", {})["workers"] = args.workers
-    config = stored.replace(**overlay) if overlay else stored
-    serve(root, host=args.host, port=args.port, read_only=args.read_only, config=config, log_level=args.log_level)
+    serve(args.index, host=args.host, port=args.port, read_only=args.read_only, overrides=overlay,
+          log_level=args.log_level)
     return 0
 
 

@@ -202,16 +202,18 @@ class Retriever:
         }
 
     @classmethod
-    def open(cls, path: str | os.PathLike, config: RetrieverConfig | None = None, *, read_only: bool = False) -> "Retriever":
+    def open(cls, path: str | os.PathLike, config: RetrieverConfig | None = None, *, read_only: bool = False,
+             overrides: dict[str, dict] | None = None) -> "Retriever":
         """Open an index. `config` may change search-time settings (rerank, runtime, ingest, chunking); a different
-        embedding model is refused (use :meth:`reembed`).
+        embedding model is refused (use :meth:`reembed`). `overrides` instead changes some settings of the config
+        stored with the index, e.g. ``{"rerank": {"budget_ms": 500}}``, whichever generation is opened.
 
         Read-only opens can run in many processes at once, beside one writer: a writer that finds readers on the
         current generation writes into a copy, and readers move to it on their next open (or server reload) after
         the writer closes or calls :meth:`publish`."""
         root = Path(path)
         if read_only:
-            return cls._open_reader(root, config)
+            return cls._open_reader(root, config, overrides)
         lock = WriterLock(root) if (root / MANIFEST).is_file() else None
         if lock is None:
             read_manifest(root)  # raises the right error for a missing or foreign directory
@@ -219,7 +221,7 @@ class Retriever:
         store = None
         try:
             manifest = read_manifest(root)  # read under the lock: the last writer may have just switched generations
-            config = cls._check_config(root, manifest, config)
+            config = cls._check_config(root, manifest, config, overrides)
             runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
             cls._remove_stale_generations(root, manifest)
             if has_readers(generation_dir(root, manifest["generation"])):
@@ -242,7 +244,7 @@ class Retriever:
         return r
 
     @classmethod
-    def _open_reader(cls, root: Path, config: RetrieverConfig | None) -> "Retriever":
+    def _open_reader(cls, root: Path, config: RetrieverConfig | None, overrides: dict | None) -> "Retriever":
         """The current generation, or the `stable` one the manifest names while a writer holds the current one."""
         for attempt in range(5):
             manifest = read_manifest(root)
@@ -256,7 +258,7 @@ class Retriever:
                 try:
                     if not gdir.is_dir():
                         raise FileNotFoundError(gdir)
-                    cfg = cls._check_config(root, m, config)
+                    cfg = cls._check_config(root, m, config, overrides)
                     runtime.configure(cfg.runtime.torch_threads, cfg.runtime.faiss_threads)
                     store = Store.open(gdir / STORE, read_only=True)
                     index, recovered = cls._checked_index(root, m, store, cfg, mmap=cfg.index.mmap)
@@ -287,8 +289,15 @@ class Retriever:
         raise RetrieverError(f"{root}: its generations kept changing while opening; try again")
 
     @staticmethod
-    def _check_config(root: Path, manifest: dict, config: RetrieverConfig | None) -> RetrieverConfig:
+    def _check_config(root: Path, manifest: dict, config: RetrieverConfig | None,
+                      overrides: dict | None = None) -> RetrieverConfig:
         stored = RetrieverConfig.from_dict(manifest["config"], source=str(root / MANIFEST))
+        if config is not None and overrides:
+            raise InputError("pass either config or overrides to Retriever.open, not both")
+        if overrides:
+            if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+                raise InputError('overrides must map section names to settings, e.g. {"rerank": {"budget_ms": 500}}')
+            config = stored.replace(**overrides)
         if config is None:
             return stored
         if not isinstance(config, RetrieverConfig):

@@ -21,7 +21,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,6 +46,7 @@ disable_created_metrics()  # no *_created series: counters and histograms only
 
 STAGES = ("embed", "search", "join", "rerank")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DRAIN_FACTOR = 8  # an oversize body up to 8x the limit is read and dropped before the 413; larger ones are cut off
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -134,6 +135,9 @@ class Metrics:
 
 
 # ----------------------------------------------------------------------------------------------- request models
+QueryText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
+
+
 def _models(cfg):
     """Request and response models, with the limits of this server's [server] settings in the OpenAPI schema."""
     s = cfg.server
@@ -142,31 +146,32 @@ def _models(cfg):
         model_config = ConfigDict(extra="forbid")
 
     class SearchRequest(Strict):
-        query: StrictStr = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="the question; not blank")
+        query: QueryText = Field(description="the question; not blank")
         k: StrictInt = Field(10, ge=1, le=s.max_k, description="hits to return")
         filters: dict[str, Any] | None = Field(None, description='metadata filter, e.g. {"year": {"$gte": 2020}}')
         rerank: StrictBool = Field(True, description="rerank candidates with the cross-encoder")
-        rerank_budget_ms: StrictFloat | StrictInt | None = Field(
+        rerank_budget_ms: StrictFloat | None = Field(
             None, ge=0, le=600_000, description="cross-encoder time budget for this request (0 = none; default "
                                                 "[rerank] budget_ms); past it hits come back in retrieval order")
 
     class SearchBatchRequest(Strict):
-        queries: list[StrictStr] = Field(min_length=1, max_length=s.max_batch_queries)
+        queries: list[QueryText] = Field(min_length=1, max_length=s.max_batch_queries)
         k: StrictInt = Field(10, ge=1, le=s.max_k)
         filters: dict[str, Any] | None = None
         rerank: StrictBool = True
-        rerank_budget_ms: StrictFloat | StrictInt | None = Field(None, ge=0, le=600_000)
+        rerank_budget_ms: StrictFloat | None = Field(None, ge=0, le=600_000)
 
     class DocumentIn(Strict):
         id: StrictStr = Field(min_length=1, max_length=1024)
-        text: StrictStr = Field(min_length=1)
+        text: StrictStr = Field(min_length=1, pattern=r"\S")
         metadata: dict[str, Any] = Field(default_factory=dict)
 
     class UpsertRequest(Strict):
         documents: list[DocumentIn] = Field(min_length=1, max_length=s.max_batch_documents)
 
     class DeleteRequest(Strict):
-        ids: list[StrictStr] = Field(min_length=1, max_length=s.max_batch_documents)
+        ids: list[Annotated[StrictStr, Field(min_length=1, max_length=1024)]] = Field(
+            min_length=1, max_length=s.max_batch_documents)
 
     return SearchRequest, SearchBatchRequest, DocumentIn, UpsertRequest, DeleteRequest
 
@@ -232,8 +237,11 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 4
 class Service:
     """What one server process holds: the Retriever in use, its thread pools, metrics and settings."""
 
-    def __init__(self, retriever: Retriever, *, token: str | None = None):
+    def __init__(self, retriever: Retriever, *, token: str | None = None, overrides: dict | None = None):
         self.config: RetrieverConfig = retriever.config
+        # the settings this server changed from the ones stored with the index; a reload applies them to the new
+        # generation's stored settings (which `rebuild` or `reembed` may have changed)
+        self.overrides = _differences(retriever) if overrides is None else overrides
         self.path = retriever.path
         self.read_only = retriever.read_only
         self.serving = Serving(retriever)
@@ -288,7 +296,7 @@ class Service:
         timings = {f"{s}": round(trace.get(f"{s}_ms", 0.0), 3) for s in STAGES}
         timings["queue"] = round(waited_ms, 3)
         for s in STAGES:
-            if s != "rerank" or trace.get("rerank_ms"):
+            if s != "rerank" or trace.get("reranked") or trace.get("rerank_timed_out"):
                 self.metrics.stage.labels(s).observe(trace.get(f"{s}_ms", 0.0) / 1000)
         self.metrics.stage.labels("queue").observe(waited_ms / 1000)
         if trace.get("rerank_timed_out"):
@@ -305,7 +313,7 @@ class Service:
             t0 = time.perf_counter()
             old = self.serving.current
             try:
-                new = Retriever.open(self.path, self.config, read_only=True)
+                new = Retriever.open(self.path, read_only=True, overrides=self.overrides)
             except RetrieverError as e:
                 self.metrics.reloads.labels("failed").inc()
                 raise ApiError(409, "reload_failed", f"kept generation {old.generation}: {e}") from None
@@ -373,11 +381,23 @@ class Service:
         self.serving.current.close()
 
 
-def create_app(retriever: Retriever, *, token: str | None = None, background: bool = True) -> FastAPI:
+def _differences(retriever: Retriever) -> dict[str, dict]:
+    stored = RetrieverConfig.from_dict(retriever._manifest["config"]).to_dict()
+    out = {}
+    for section, values in retriever.config.to_dict().items():
+        changed = {k: v for k, v in values.items() if stored.get(section, {}).get(k) != v}
+        if changed:
+            out[section] = changed
+    return out
+
+
+def create_app(retriever: Retriever, *, token: str | None = None, background: bool = True,
+               overrides: dict | None = None) -> FastAPI:
     """The ASGI app over an open Retriever (the app closes it on shutdown). `token`: bearer token for writes and
     admin routes (and reads with server.auth_reads). `background`: verify and warm up after start, and (writer)
-    save periodically."""
-    svc = Service(retriever, token=token)
+    save periodically. `overrides`: the settings changed from the index's stored ones, kept across reloads
+    (default: the differences between `retriever.config` and the stored config)."""
+    svc = Service(retriever, token=token, overrides=overrides)
     cfg = svc.config
     SearchRequest, SearchBatchRequest, DocumentIn, UpsertRequest, DeleteRequest = _models(cfg)
 
@@ -658,9 +678,16 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        if declared is not None and not declared.isdigit():
+            return await self._refuse(send, rid)
+        if declared is not None and int(declared) > self.max_bytes:
+            if int(declared) <= DRAIN_FACTOR * self.max_bytes:
+                await self._drain(receive)  # most clients send the whole body before they read the answer
+            return await self._refuse(send, rid)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -669,7 +696,9 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                return await self._refuse(send)
+                if message.get("more_body"):
+                    await self._drain(receive, size)
+                return await self._refuse(send, rid)
             if not message.get("more_body"):
                 break
         body, sent = b"".join(chunks), False
@@ -683,36 +712,54 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, send):
+    async def _drain(self, receive, size: int = 0) -> None:
+        while size <= DRAIN_FACTOR * self.max_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
+
+    async def _refuse(self, send, request_id: str):
         import json
 
         payload = json.dumps({"error": {"status": 413, "type": "too_large", "message":
                               f"request body over server.max_body_bytes = {self.max_bytes}; send smaller batches",
                               "fields": [{"field": "body", "rule": f"at most {self.max_bytes} bytes",
-                                          "message": "too large"}]}, "request_id": "-"}).encode()
+                                          "message": "too large"}]}, "request_id": request_id}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
+                                (b"x-request-id", request_id.encode()), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})
 
 
-def build_asgi(retriever: Retriever, *, token: str | None = None, background: bool = True):
+def build_asgi(retriever: Retriever, *, token: str | None = None, background: bool = True,
+               overrides: dict | None = None):
     """The app wrapped in the body-size limit: what `retriever serve` runs."""
-    return BodyLimit(create_app(retriever, token=token, background=background), retriever.config.server.max_body_bytes)
+    app = create_app(retriever, token=token, background=background, overrides=overrides)
+    return BodyLimit(app, retriever.config.server.max_body_bytes)
 
 
 def serve(path: str | os.PathLike, *, host: str | None = None, port: int | None = None, read_only: bool = False,
-          config: RetrieverConfig | None = None, log_level: str = "info") -> None:
+          overrides: dict | None = None, log_level: str = "info") -> None:
     """Open the index (failing fast with a clear error), then run uvicorn until SIGINT/SIGTERM; the index is saved
-    and closed on the way out."""
+    and closed on the way out. `overrides` change settings stored with the index, e.g. {"server": {"workers": 1}}."""
     import uvicorn
 
-    retriever = Retriever.open(path, config, read_only=read_only)
+    retriever = Retriever.open(path, read_only=read_only, overrides=overrides or None)
     cfg = retriever.config.server
     token = os.environ.get(cfg.token_env) or None
-    app = build_asgi(retriever, token=token)
+    app = build_asgi(retriever, token=token, overrides=overrides or {})
+    # uvicorn shuts down gracefully on SIGTERM (requests in flight finish, the lifespan saves and closes the index),
+    # then raises the signal again; with this handler the process then exits 0 instead of dying by the signal
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     uvicorn.run(app, host=host or cfg.host, port=cfg.port if port is None else port, log_level=log_level,
                 access_log=False, timeout_graceful_shutdown=30)
+
+
+def _exit_after_shutdown(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _version() -> str:
