@@ -5,6 +5,7 @@ SIGKILL during a write batch, read-only servers beside a writer process with rel
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -419,7 +420,26 @@ def test_openapi_fuzz_finds_no_server_error(tmp_path, small_docs, model_cache):
              "--request-timeout", "120", "--no-color"],
             cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stdout[-6000:]
-        assert "passed" in out.stdout
+        tested = re.search(r"Tested: (\d+)", out.stdout)
+        operations = sum(len(methods) for methods in s.call("GET", "/openapi.json")[1]["paths"].values())
+        assert tested and int(tested.group(1)) == operations == 11, out.stdout  # every route was fuzzed
     finally:
         assert s.stop() == 0
     assert "Traceback" not in s.output(), s.output()[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------- example
+def test_chatbot_backend_example_answers_from_the_service(served):
+    example = [sys.executable, str(ROOT / "examples" / "chatbot_backend.py")]
+    question = "What is the company's competitive advantage?"
+    out = subprocess.run([*example, "--url", f"http://127.0.0.1:{served.port}", "--k", "3", "--once", question],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    expected = _ids(_search(served, question, k=3))
+    assert all(f"[{i}] {hit}" in out.stdout for i, hit in enumerate(expected, 1)), out.stdout  # cited in order
+    out = subprocess.run([*example, "--url", f"http://127.0.0.1:{served.port}", "--once", "x", "--filter",
+                          '{"domain": {"$regex": "x"}}'], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "$regex" in out.stdout + out.stderr
+    out = subprocess.run([*example, "--url", "http://127.0.0.1:9", "--once", "x"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and "retriever serve" in out.stdout + out.stderr
