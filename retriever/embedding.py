@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import runtime
 from .models import load_model, resolve_embedder
 from .vectors import as_unit_vectors
 
@@ -79,6 +80,8 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         import torch
 
+        model = self.model  # loads (and imports torch) on first use
+        runtime.prepare_thread()
         # longest first over the whole input (sentence-transformers only sorts within one call), so batches
         # carry little padding even though the progress bar feeds it slices
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

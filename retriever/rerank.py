@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import runtime
 from .models import load_model, resolve_reranker
 
 
@@ -59,6 +60,7 @@ class Reranker:
 
         t0 = time.perf_counter()
         model = self.model  # loading the model is not counted against the budget
+        runtime.prepare_thread()
         budget_start = time.perf_counter()
         # sorted by length so each batch pads to a similar length, not to the longest pair of the query
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))

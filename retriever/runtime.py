@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 
 _wanted_torch: int | None = None
+_thread = threading.local()
 
 
 def cores() -> int:
@@ -42,6 +44,19 @@ def torch_loaded() -> None:
 
     if torch.get_num_threads() != _wanted_torch:
         torch.set_num_threads(_wanted_torch)
+    _thread.torch_threads = _wanted_torch
+
+
+def prepare_thread() -> None:
+    """Apply the torch thread count in the calling thread, once: OpenMP's thread count is a per-thread setting, so
+    worker threads (a server's search pool, asyncio.to_thread) would otherwise run with the library default.
+    Called by the embedder and the cross-encoder before they run."""
+    if _wanted_torch is None or getattr(_thread, "torch_threads", None) == _wanted_torch or "torch" not in sys.modules:
+        return
+    import torch
+
+    torch.set_num_threads(_wanted_torch)
+    _thread.torch_threads = _wanted_torch
 
 
 def current() -> dict:

@@ -443,3 +443,42 @@ def test_chatbot_backend_example_answers_from_the_service(served):
     out = subprocess.run([*example, "--url", "http://127.0.0.1:9", "--once", "x"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1 and "retriever serve" in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------------ internal failure
+def test_internal_failure_is_500_with_the_request_id_and_loses_nothing(small_index, monkeypatch):
+    """A real uvicorn on 127.0.0.1 in this process, so a failure can be injected into the store."""
+    import uvicorn
+
+    from retriever.server import build_asgi
+    from serverproc import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_asgi(small_index, background=False), host="127.0.0.1", port=port,
+                                           log_level="critical"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        real_fetch = small_index._store.fetch
+
+        def broken(vids):
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(small_index._store, "fetch", broken)
+        status, err = call(port, "POST", "/v1/search", {"query": "capital of France", "rerank": False},
+                           headers={"X-Request-ID": "req-42"})
+        assert status == 500 and err["request_id"] == "req-42" and "req-42" in err["error"]["message"]
+        assert "disk on fire" not in json.dumps(err)  # internals stay in the log
+        monkeypatch.setattr(small_index._store, "fetch", real_fetch)
+        doc = {"id": "after", "text": "Lisbon is the capital of Portugal.", "metadata": {}}
+        assert call(port, "PUT", "/v1/documents", {"documents": [doc]})[0] == 200
+        status, body = call(port, "POST", "/v1/search", {"query": "capital of Portugal", "k": 1, "rerank": False})
+        assert status == 200 and body["hits"][0]["id"] == "after"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+    path = small_index.path
+    with Retriever.open(path, read_only=True) as r:  # the app closed (and saved) the index on shutdown
+        assert len(r) == 6 and r.get("after").text == doc["text"] and r.get("paris")
