@@ -21,7 +21,8 @@ Sections (one table printed at the end, all raw numbers in benchmarks/results/co
 """
 from __future__ import annotations
 
-from benchenv import ROOT, cpu_seconds, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
+import benchenv  # first: offline hubs, quiet warnings, the repository on sys.path
+from benchenv import ROOT, machine_busy_seconds  # noqa: E402
 
 import os  # noqa: E402
 
@@ -76,30 +77,19 @@ def machine_busy_fraction(interval: float = 1.0) -> float | None:
     return max(0.0, (b1 - b0) / (interval * runtime.cores()))
 
 
-class Phase:
-    """Wall and CPU time of a block: ours (getrusage) and the other processes' (/proc/stat minus ours).
-    `others_share` is the share of all cores that other processes used meanwhile: near 0 means the
-    cores were ours; 0.3 means other work took about a third of the machine, and the times are inflated."""
+class Phase(benchenv.Phase):
+    """A named `benchenv.Phase` whose times are kept in `Phase.log` for the JSON report."""
 
     log: dict[str, dict] = {}
 
     def __init__(self, name: str):
         self.name = name
 
-    def __enter__(self) -> "Phase":
-        self.w0, self.c0, self.m0 = perf(), cpu_seconds(), machine_busy_seconds()
-        return self
-
     def __exit__(self, *exc) -> None:
-        self.wall = perf() - self.w0
-        self.cpu = cpu_seconds() - self.c0
-        m1 = machine_busy_seconds()
-        others = None
-        if self.m0 is not None and m1 is not None and self.wall > 0:
-            others = round(max(0.0, (m1 - self.m0) - self.cpu) / (self.wall * runtime.cores()), 3)
+        super().__exit__(*exc)
         Phase.log[self.name] = {"wall_s": round(self.wall, 3), "cpu_s": round(self.cpu, 3),
                                 "cpu_per_wall": round(self.cpu / self.wall, 2) if self.wall else None,
-                                "others_share": others}
+                                "others_share": self.others}
 
 
 def pct(values, q: float) -> float:

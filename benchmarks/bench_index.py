@@ -25,7 +25,7 @@ goes to <out>/index.json and the recall-vs-queries/s plot to <out>/index_recall_
 """
 from __future__ import annotations
 
-from benchenv import ROOT, cpu_seconds, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
+from benchenv import ROOT, Phase, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
 
 import os  # noqa: E402
 
@@ -131,27 +131,6 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int | None:
     return rss_parts().get("VmHWM")
-
-
-class Phase:
-    """Wall and CPU time of a block, and the share of all cores the *other* processes used meanwhile
-    (near 0: the cores were ours; 0.3: other work took about a third of the machine, times are inflated)."""
-
-    def __enter__(self) -> "Phase":
-        gc.collect()
-        self.w0, self.c0, self.m0 = perf(), cpu_seconds(), machine_busy_seconds()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = perf() - self.w0
-        self.cpu = cpu_seconds() - self.c0
-        m1 = machine_busy_seconds()
-        self.others = None
-        if self.m0 is not None and m1 is not None and self.wall > 0.05:
-            self.others = round(max(0.0, (m1 - self.m0) - self.cpu) / (self.wall * CORES), 3)
-
-    def record(self) -> dict:
-        return {"wall_s": round(self.wall, 4), "cpu_s": round(self.cpu, 3), "others_share": self.others}
 
 
 def set_threads(n: int) -> None:

@@ -59,7 +59,7 @@ def load_model(kind: str, name: str, resolve: Callable[[str], str], construct: C
 
     from . import runtime
 
-    runtime.torch_loaded()
+    runtime.prepare_thread()  # torch was just imported by the load
     path = resolve(name)
     key = (kind, name, options, files_stamp(path))
     with _LOADED_LOCK:

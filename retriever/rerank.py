@@ -22,7 +22,6 @@ class Reranker:
         self.device = device
         self._model = None
         self._lock = threading.Lock()
-        self.last_seconds = 0.0
         self.pair_seconds = 0.0  # running average cost of one pair (0 until the first batch ran)
 
     @classmethod
@@ -58,7 +57,6 @@ class Reranker:
             return np.zeros(0, dtype=np.float32)
         import torch
 
-        t0 = time.perf_counter()
         model = self.model  # loading the model is not counted against the budget
         runtime.prepare_thread()
         budget_start = time.perf_counter()
@@ -79,7 +77,6 @@ class Reranker:
                 per_pair = (time.perf_counter() - c0) / len(chunk)
                 self.pair_seconds = per_pair if not self.pair_seconds else 0.8 * self.pair_seconds + 0.2 * per_pair
                 scores.append(np.asarray(part, dtype=np.float32).reshape(len(chunk)))
-        self.last_seconds = time.perf_counter() - t0
         out = np.empty(len(pairs), dtype=np.float32)
         out[order] = np.concatenate(scores)
         return out

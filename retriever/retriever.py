@@ -214,9 +214,8 @@ class Retriever:
         root = Path(path)
         if read_only:
             return cls._open_reader(root, config, overrides)
-        lock = WriterLock(root) if (root / MANIFEST).is_file() else None
-        if lock is None:
-            read_manifest(root)  # raises the right error for a missing or foreign directory
+        read_manifest(root)  # the right error for a missing or foreign directory, before a lock file is made there
+        lock = WriterLock(root)
         lock.acquire()
         store = None
         try:

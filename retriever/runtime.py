@@ -32,19 +32,8 @@ def configure(torch_threads: int = 0, faiss_threads: int = 1) -> tuple[int, int]
     faiss.omp_set_num_threads(f)
     _wanted_torch = t
     if "torch" in sys.modules:
-        torch_loaded()
+        prepare_thread()
     return t, f
-
-
-def torch_loaded() -> None:
-    """Called right after torch is imported by a model load."""
-    if _wanted_torch is None:
-        return
-    import torch
-
-    if torch.get_num_threads() != _wanted_torch:
-        torch.set_num_threads(_wanted_torch)
-    _thread.torch_threads = _wanted_torch
 
 
 def prepare_thread() -> None:

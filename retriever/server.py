@@ -39,6 +39,7 @@ from .documents import Document
 from .errors import FilterError, InputError, RetrieverError
 from .filters import compile_filter
 from .persistence import generation_dir, generations, has_readers, read_manifest
+from .results import Hit
 from .retriever import MAX_QUERY_CHARS, Retriever
 
 log = logging.getLogger("retriever.server")
@@ -176,18 +177,8 @@ def _models(cfg):
     return SearchRequest, SearchBatchRequest, DocumentIn, UpsertRequest, DeleteRequest
 
 
-class HitOut(BaseModel):
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    rank: int
-    score: float
-    retrieval_score: float
-    rerank_score: float | None
-
-
 class SearchResponse(BaseModel):
-    hits: list[HitOut]
+    hits: list[Hit]
     timings_ms: dict[str, float]
     reranked: bool
     rerank_timed_out: bool
@@ -195,7 +186,7 @@ class SearchResponse(BaseModel):
 
 
 class BatchItem(BaseModel):
-    hits: list[HitOut]
+    hits: list[Hit]
 
 
 class SearchBatchResponse(BaseModel):
@@ -230,7 +221,7 @@ class ErrorResponse(BaseModel):
     request_id: str
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 500, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 500, 503)}
 
 
 # ---------------------------------------------------------------------------------------------------- the app
@@ -293,7 +284,7 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.write_pool, job)
 
     def record_trace(self, trace: dict, waited_ms: float, queries: int) -> dict[str, float]:
-        timings = {f"{s}": round(trace.get(f"{s}_ms", 0.0), 3) for s in STAGES}
+        timings = {s: round(trace.get(f"{s}_ms", 0.0), 3) for s in STAGES}
         timings["queue"] = round(waited_ms, 3)
         for s in STAGES:
             if s != "rerank" or trace.get("reranked") or trace.get("rerank_timed_out"):
@@ -531,47 +522,35 @@ def create_app(retriever: Retriever, *, token: str | None = None, background: bo
             except InputError as e:
                 raise _input_error(e, "filters") from None
 
-    def _hits(hits) -> list[dict]:
-        return [h.to_dict() for h in hits]
+    async def _traced(queries: list[str], req, field: str) -> tuple[list[list[Hit]], dict[str, Any]]:
+        """Run one traced search off the loop; (hits per query, the common response fields)."""
+        _check_filters(req.filters)
+        t0 = time.perf_counter()
+
+        def run(r: Retriever):
+            try:
+                return r.search_traced(queries, k=req.k, filters=req.filters, rerank=req.rerank,
+                                       rerank_budget_ms=req.rerank_budget_ms)
+            except InputError as e:
+                raise _input_error(e, "filters" if isinstance(e, FilterError) else field) from None
+
+        (results, trace), gen, waited = await svc.run_search(run)
+        timings = svc.record_trace(trace, waited, len(queries))
+        timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
+        return results, {"timings_ms": timings, "reranked": bool(trace.get("reranked")),
+                         "rerank_timed_out": bool(trace.get("rerank_timed_out")), "generation": gen}
 
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, dependencies=read_auth,
               summary="Top-k hits for one query, with both scores and per-stage timings")
     async def search(req: SearchRequest):
-        _check_filters(req.filters)
-        t0 = time.perf_counter()
-
-        def run(r: Retriever):
-            try:
-                return r.search_traced([req.query], k=req.k, filters=req.filters, rerank=req.rerank,
-                                       rerank_budget_ms=req.rerank_budget_ms)
-            except InputError as e:
-                raise _input_error(e, "filters" if isinstance(e, FilterError) else "query") from None
-
-        (results, trace), gen, waited = await svc.run_search(run)
-        timings = svc.record_trace(trace, waited, 1)
-        timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
-        return {"hits": _hits(results[0]), "timings_ms": timings, "reranked": bool(trace.get("reranked")),
-                "rerank_timed_out": bool(trace.get("rerank_timed_out")), "generation": gen}
+        results, common = await _traced([req.query], req, "query")
+        return {"hits": results[0], **common}
 
     @app.post("/v1/search/batch", response_model=SearchBatchResponse, responses=ERRORS, dependencies=read_auth,
               summary="Several queries in one call: one embedding batch, one FAISS call, one rerank batch")
     async def search_batch(req: SearchBatchRequest):
-        _check_filters(req.filters)
-        t0 = time.perf_counter()
-
-        def run(r: Retriever):
-            try:
-                return r.search_traced(req.queries, k=req.k, filters=req.filters, rerank=req.rerank,
-                                       rerank_budget_ms=req.rerank_budget_ms)
-            except InputError as e:
-                raise _input_error(e, "filters" if isinstance(e, FilterError) else "queries") from None
-
-        (results, trace), gen, waited = await svc.run_search(run)
-        timings = svc.record_trace(trace, waited, len(req.queries))
-        timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
-        return {"results": [{"hits": _hits(h)} for h in results], "timings_ms": timings,
-                "reranked": bool(trace.get("reranked")), "rerank_timed_out": bool(trace.get("rerank_timed_out")),
-                "generation": gen}
+        results, common = await _traced(req.queries, req, "queries")
+        return {"results": [{"hits": hits} for hits in results], **common}
 
     # ---------------------------------------------------------------------------------------- documents
     @app.put("/v1/documents", responses=ERRORS, dependencies=write_auth,
@@ -656,11 +635,10 @@ def create_app(retriever: Retriever, *, token: str | None = None, background: bo
     async def publish():
         if svc.read_only:
             raise ApiError(409, "read_only", "publish is for the writing server; this one is read-only")
-        svc._dirty = True
 
         def run():
             with svc.serving.borrow() as r:
-                svc._dirty = False
+                svc._dirty = False  # publishing saves
                 return r.publish()
 
         return await asyncio.get_running_loop().run_in_executor(svc.write_pool, run)
