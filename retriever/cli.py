@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("index", metavar="DIR")
     s.add_argument("--model", required=True, metavar="NAME", help="sentence-transformers name or path, or builtin:...")
     s.add_argument("--batch-size", type=int)
+    s.add_argument("--backend", choices=("onnx", "torch"),
+                   help="onnx: int8 ONNX via onnxruntime (fast); torch: sentence-transformers (default: as configured)")
 
     s = sub.add_parser("eval", help="measure recall@k, MRR, nDCG and latency on labeled queries; gate a release")
     s.add_argument("index", metavar="DIR")
@@ -306,8 +308,8 @@ def cmd_reembed(args) -> int:
     from . import Retriever
 
     with Retriever.open(args.index) as r:
-        out = r.reembed(args.model, batch_size=args.batch_size, show_progress=True)
-    print(f"re-embedded {out['vectors']} texts with {out['model']} ({out['dim']}-d) into generation "
+        out = r.reembed(args.model, batch_size=args.batch_size, backend=args.backend, show_progress=True)
+    print(f"re-embedded {out['vectors']} texts with {out['model']} ({out['backend']} backend, {out['dim']}-d) into generation "
           f"{out['generation']} in {out['seconds']}s")
     return 0
 

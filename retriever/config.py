@@ -23,6 +23,9 @@ def _rule(*, choices: tuple | None = None, min: float | None = None, max: float 
 @dataclass(frozen=True)
 class EmbeddingConfig:
     model: str = DEFAULT_EMBEDDING_MODEL
+    # onnx: the model exported once to int8 ONNX (cached) and run by onnxruntime, the fast path; torch: the
+    # sentence-transformers reference path (any model). The manifest records which one embedded an index.
+    backend: str = field(default="onnx", metadata=_rule(choices=("onnx", "torch")))
     batch_size: int = field(default=64, metadata=_rule(min=1, max=4096))
     device: str = field(default="cpu", metadata=_rule(choices=("cpu", "cuda", "mps")))
     max_seq_length: int | None = field(default=None, metadata=_rule(min=8, max=8192))
@@ -63,6 +66,9 @@ class IndexConfig:
 class RerankConfig:
     enabled: bool = True
     model: str = DEFAULT_RERANK_MODEL
+    # onnx: an int8 ONNX cross-encoder run by onnxruntime (the builtin, or a folder with model.onnx and
+    # tokenizer.json), the fast path; torch: sentence-transformers CrossEncoder, the reference (any model)
+    backend: str = field(default="onnx", metadata=_rule(choices=("onnx", "torch")))
     candidates: int = field(default=20, metadata=_rule(min=1, max=10000))
     batch_size: int = field(default=8, metadata=_rule(min=1, max=4096))
     max_length: int = field(default=256, metadata=_rule(min=16, max=512))
@@ -95,6 +101,16 @@ class RuntimeConfig:
     # in a query, so the default gives torch every core and FAISS one thread (its work here is tiny).
     torch_threads: int = field(default=0, metadata=_rule(min=0, max=1024))
     faiss_threads: int = field(default=1, metadata=_rule(min=0, max=1024))
+    onnx_threads: int = field(default=0, metadata=_rule(min=0, max=1024))
+    blas_threads: int = field(default=1, metadata=_rule(min=0, max=1024))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # entries kept (least recently used go first; 0 turns a cache off). A query embedding is dim*4 bytes
+    # (1.5 KB at 384-d); a rerank score about 200 bytes with its key.
+    query_embeddings: int = field(default=4096, metadata=_rule(min=0, max=10_000_000))
+    rerank_scores: int = field(default=65536, metadata=_rule(min=0, max=100_000_000))
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,7 @@ _SECTIONS = {
     "chunking": ChunkingConfig,
     "ingest": IngestConfig,
     "runtime": RuntimeConfig,
+    "cache": CacheConfig,
     "server": ServerConfig,
 }
 
@@ -137,6 +154,7 @@ class RetrieverConfig:
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,8 @@
-"""`Embedder`: sentence-transformers bi-encoder, batched, L2-normalized float32, with a fingerprint.
+"""`Embedder`: a bi-encoder, batched, L2-normalized float32, with a fingerprint.
 
-torch and sentence-transformers are imported on first use, not on import.
+Two backends: "onnx" (the model exported once to int8 ONNX, run by onnxruntime: the fast path) and "torch"
+(sentence-transformers, the reference; any model). torch and sentence-transformers are imported on first use
+of the torch path (and once, to export, the first time a model runs on the onnx path), never on import.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from . import runtime
-from .models import load_model, resolve_embedder
+from .errors import InputError
+from .models import cache_dir, load_model, resolve_embedder
 from .vectors import as_unit_vectors
 
 # Fixed texts whose embeddings identify a model's weights: the same name behind other weights shows here.
@@ -21,9 +24,19 @@ FINGERPRINT_PROBES = (
 )
 FINGERPRINT_MIN_COSINE = 0.999
 
+BACKENDS = ("onnx", "torch")
+
+
 class Embedder:
-    def __init__(self, model: str, *, batch_size: int = 64, device: str = "cpu", max_seq_length: int | None = None):
+    def __init__(self, model: str, *, backend: str = "onnx", batch_size: int = 64, device: str = "cpu",
+                 max_seq_length: int | None = None):
+        if backend not in BACKENDS:
+            raise InputError(f"embedding backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if backend == "onnx" and device != "cpu":
+            raise InputError(f"embedding.backend = 'onnx' runs on the CPU; with device = {device!r} use "
+                             f"embedding.backend = 'torch'")
         self.name = model
+        self.backend = backend
         self.batch_size = batch_size
         self.device = device
         self._max_seq_length = max_seq_length
@@ -33,16 +46,29 @@ class Embedder:
     @classmethod
     def from_config(cls, cfg) -> "Embedder":
         """From an `EmbeddingConfig` section."""
-        return cls(cfg.model, batch_size=cfg.batch_size, device=cfg.device, max_seq_length=cfg.max_seq_length)
+        return cls(cfg.model, backend=cfg.backend, batch_size=cfg.batch_size, device=cfg.device,
+                   max_seq_length=cfg.max_seq_length)
 
     @property
     def model(self):
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = load_model("embedding", self.name, resolve_embedder, self._construct,
-                                             (self.device, self._max_seq_length), "builtin:all-MiniLM-L6-v2")
+                    onnx = self.backend == "onnx"
+                    self._model = load_model("embedding", self.name, resolve_embedder,
+                                             self._construct_onnx if onnx else self._construct,
+                                             (self.backend, self.device, self._max_seq_length),
+                                             "builtin:all-MiniLM-L6-v2", torch=not onnx)
         return self._model
+
+    def _construct_onnx(self, path: str):
+        from .onnx_models import OnnxSentenceEncoder, exported_sentence_encoder
+
+        m = OnnxSentenceEncoder(exported_sentence_encoder(path, cache_dir(), self.name))
+        if self._max_seq_length:
+            m.max_seq_length = min(self._max_seq_length, m.max_seq_length)
+            m.set_max_length(m.max_seq_length)
+        return m
 
     def _construct(self, path: str):
         from sentence_transformers import SentenceTransformer
@@ -78,10 +104,14 @@ class Embedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        import torch
+        model = self.model  # loads on first use
+        if self.backend == "torch":
+            import torch
 
-        model = self.model  # loads (and imports torch) on first use
-        runtime.prepare_thread()
+            runtime.prepare_thread()
+            no_grad = torch.inference_mode
+        else:
+            from contextlib import nullcontext as no_grad
         # longest first over the whole input (sentence-transformers only sorts within one call), so batches
         # carry little padding even though the progress bar feeds it slices
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -94,9 +124,9 @@ class Embedder:
             bar = tqdm(total=len(texts), unit="text", desc="embed", leave=True)
         parts = []
         try:
-            with torch.inference_mode():
+            with no_grad():
                 for i in range(0, len(texts), step):
-                    parts.append(self.model.encode(texts[i:i + step], batch_size=self.batch_size, convert_to_numpy=True,
+                    parts.append(model.encode(texts[i:i + step], batch_size=self.batch_size, convert_to_numpy=True,
                                                    normalize_embeddings=True, show_progress_bar=False))
                     if bar is not None:
                         bar.update(len(parts[-1]))

@@ -50,16 +50,18 @@ _LOADED_LOCK = threading.Lock()
 
 
 def load_model(kind: str, name: str, resolve: Callable[[str], str], construct: Callable[[str], object],
-               options: tuple, builtin: str) -> object:
+               options: tuple, builtin: str, *, torch: bool = True) -> object:
     """Load a model once per process for (kind, name, options, files on disk): reopening an index or opening
     several does not load the weights again, and changed weights on disk are not served from the cache.
-    Models are only read after loading, so sharing them is safe."""
+    Models are only read after loading, so sharing them is safe. `torch=False` (the onnxruntime path) does
+    not import torch."""
     offline_env()
-    import torch  # noqa: F401  (heavy: imported only when a model is needed)
+    if torch:
+        import torch as _torch  # noqa: F401  (heavy: imported only when a model is needed)
 
-    from . import runtime
+        from . import runtime
 
-    runtime.prepare_thread()  # torch was just imported by the load
+        runtime.prepare_thread()  # torch was just imported by the load
     path = resolve(name)
     key = (kind, name, options, files_stamp(path))
     with _LOADED_LOCK:
@@ -67,6 +69,8 @@ def load_model(kind: str, name: str, resolve: Callable[[str], str], construct: C
         if model is None:
             try:
                 model = construct(path)
+            except InputError:
+                raise
             except (OSError, ValueError) as e:
                 raise InputError(
                     f"{kind} model {name!r} could not be loaded ({e}); give a local path or a model name available "
@@ -97,6 +101,15 @@ def resolve_embedder(name: str) -> str:
     )
 
 
+def resolve_onnx_reranker(name: str) -> str:
+    """The folder holding model.onnx and tokenizer.json for the onnxruntime path (the packaged int8 file as is)."""
+    if name == BUILTIN_PREFIX + "ms-marco-MiniLM-L-12-v2":
+        return str(packaged_reranker_source())
+    if name.startswith(BUILTIN_PREFIX):
+        return resolve_reranker(name)  # the error naming the builtins
+    return name
+
+
 def resolve_reranker(name: str) -> str:
     """The name or path to hand to CrossEncoder (preparing the packaged model once if needed)."""
     if not name.startswith(BUILTIN_PREFIX):
@@ -118,6 +131,23 @@ def files_stamp(path: str) -> tuple:
         return ()
     return tuple(sorted((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
                         for f in p.rglob("*") if f.is_file()))
+
+
+def build_folder(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Make the cache folder `out` with `fill(tmp)` in a temporary sibling, then rename it into place: a crash
+    midway leaves no half-written folder, and of two processes racing, the first rename wins."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process won the race: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def packaged_reranker_source() -> Path:
@@ -153,20 +183,14 @@ def prepare_packaged_cross_encoder() -> Path:
         return out
     from .quantization import dequantize_onnx_bert
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         dequantize_onnx_bert(onnx_file, tmp / "model.safetensors")
         for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (src / f).is_file():
                 shutil.copy2(src / f, tmp / f)
         (tmp / "config.json").write_text(json.dumps(_BERT_CONFIG, indent=1))
         (tmp / "SOURCE.json").write_text(json.dumps({"source": str(onnx_file), "sha256_prefix": key}))
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process won the race: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    build_folder(out, fill)
     return out

@@ -20,6 +20,7 @@ from . import runtime
 from .config import RetrieverConfig
 from .documents import CHUNK_SEPARATOR, Document, chunk_documents, validate_documents
 from .embedding import Embedder
+from .caches import LRUCache, RerankScoreCache
 from .errors import IndexMismatchError, InputError, RetrieverError
 from .filters import compile_filter
 from .locks import ReadWriteLock
@@ -140,6 +141,8 @@ class Retriever:
         self._closed = False
         self.embedder = Embedder.from_config(config.embedding)
         self.reranker = Reranker.from_config(config)
+        self._query_cache = LRUCache(config.cache.query_embeddings)
+        self._score_cache = RerankScoreCache(config.cache.rerank_scores)
         self.fallbacks = 0  # ANN searches that came back short and were completed by an exact scan
         self._pending_warned = False
         self._apply_search_settings()
@@ -163,7 +166,7 @@ class Retriever:
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise InputError(f"{root} already exists and is not empty; open it with Retriever.open, or pick a new path")
-        runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
+        runtime.configure_from(config.runtime)
         embedder = Embedder.from_config(config.embedding)
         dim = embedder.dim
         check_settings(config.index, dim)
@@ -193,8 +196,8 @@ class Retriever:
             "generation": generation,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": config.to_dict(),
-            "embedder": {"name": embedder.name, "dim": embedder.dim, "max_seq_length": embedder.max_seq_length,
-                         "fingerprint": fingerprint},
+            "embedder": {"name": embedder.name, "backend": embedder.backend, "dim": embedder.dim,
+                         "max_seq_length": embedder.max_seq_length, "fingerprint": fingerprint},
             "index": _index_meta(plan, config.index.kind, None),
             "counts": {"documents": 0, "vectors": 0},
             "snapshot": None,
@@ -221,7 +224,7 @@ class Retriever:
         try:
             manifest = read_manifest(root)  # read under the lock: the last writer may have just switched generations
             config = cls._check_config(root, manifest, config, overrides)
-            runtime.configure(config.runtime.torch_threads, config.runtime.faiss_threads)
+            runtime.configure_from(config.runtime)
             cls._remove_stale_generations(root, manifest)
             if has_readers(generation_dir(root, manifest["generation"])):
                 manifest = cls._fork(root, manifest)
@@ -258,7 +261,7 @@ class Retriever:
                     if not gdir.is_dir():
                         raise FileNotFoundError(gdir)
                     cfg = cls._check_config(root, m, config, overrides)
-                    runtime.configure(cfg.runtime.torch_threads, cfg.runtime.faiss_threads)
+                    runtime.configure_from(cfg.runtime)
                     store = Store.open(gdir / STORE, read_only=True)
                     index, recovered = cls._checked_index(root, m, store, cfg, mmap=cfg.index.mmap)
                 except StoreBusy as e:
@@ -291,6 +294,10 @@ class Retriever:
     def _check_config(root: Path, manifest: dict, config: RetrieverConfig | None,
                       overrides: dict | None = None) -> RetrieverConfig:
         stored = RetrieverConfig.from_dict(manifest["config"], source=str(root / MANIFEST))
+        # the path that embedded the stored vectors (indexes from before backends existed: torch)
+        embedded_by = manifest["embedder"].get("backend", "torch")
+        if stored.embedding.backend != embedded_by:
+            stored = stored.replace(embedding={"backend": embedded_by})
         if config is not None and overrides:
             raise InputError("pass either config or overrides to Retriever.open, not both")
         if overrides:
@@ -306,6 +313,12 @@ class Retriever:
                 f"{root} was embedded with {stored.embedding.model!r}, not {config.embedding.model!r}; "
                 f"open it with embedding.model = {stored.embedding.model!r}, or re-embed it: "
                 f"`retriever reembed {root} --model {config.embedding.model}`"
+            )
+        if config.embedding.backend != embedded_by:
+            raise IndexMismatchError(
+                f"{root} was embedded by the {embedded_by!r} backend, not {config.embedding.backend!r}: their vectors "
+                f"differ slightly and must not mix; open it with embedding.backend = {embedded_by!r}, or re-embed it: "
+                f"`retriever reembed {root} --model {stored.embedding.model} --backend {config.embedding.backend}`"
             )
         for key in BUILD_SETTINGS:
             want, have = getattr(config.index, key), getattr(stored.index, key)
@@ -530,9 +543,16 @@ class Retriever:
         generations without loading the weights again). The fingerprint check still runs on first use."""
         if other.config.embedding == self.config.embedding:
             self.embedder = other.embedder
-        if (other.config.rerank.model, other.config.rerank.max_length, other.config.rerank.batch_size) == (
-                self.config.rerank.model, self.config.rerank.max_length, self.config.rerank.batch_size):
+        if (other.reranker.key, other.config.rerank.batch_size) == (self.reranker.key, self.config.rerank.batch_size):
             self.reranker = other.reranker
+
+    def clear_caches(self) -> None:
+        """Empty the query-embedding and rerank-score caches (benchmarks measuring cold work call this)."""
+        self._query_cache.clear()
+        self._score_cache.clear()
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        return {"query_embeddings": self._query_cache.stats(), "rerank_scores": self._score_cache.stats()}
 
     def __len__(self) -> int:
         """Number of documents (a chunked document counts once)."""
@@ -587,6 +607,7 @@ class Retriever:
             result = self._store.upsert([d.id for d in docs], rows, vectors)
             self._index.remove(result.removed_vids)
             self._index.add(result.added_vids, vectors[[order[i] for i in result.added_ids]])
+            self._score_cache.drop_vids(result.removed_vids.tolist())
         replaced = len(result.replaced_keys)
         chunked = len({row[1] for row in rows if row[1] is not None})
         return UpsertReport(documents=len(docs), added=len(docs) - replaced, updated=replaced, vectors=len(pieces),
@@ -601,6 +622,7 @@ class Retriever:
         with self._write_lock, self._rw.write():
             result = self._store.delete(ids)
             self._index.remove(result.removed_vids)
+            self._score_cache.drop_vids(result.removed_vids.tolist())
         missing = tuple(i for i in dict.fromkeys(ids) if i not in result.replaced_keys)
         return DeleteReport(deleted=len(result.replaced_keys), missing=missing, vectors=len(result.removed_vids))
 
@@ -641,10 +663,26 @@ class Retriever:
             return [], trace
         self._check_open()
         t0 = time.perf_counter()
-        q = self._embedder().encode(queries)
+        q = self._embed_queries(queries)
         trace["embed_ms"] = (time.perf_counter() - t0) * 1000
         trace["query_vectors"] = q
         return self._search_vectors(queries, q, k, filters, rerank, trace, rerank_budget_ms), trace
+
+    def _embed_queries(self, queries: list[str]) -> np.ndarray:
+        """Query vectors, from the cache where the same text was embedded by the same model and backend."""
+        embedder = self._embedder()
+        key = (embedder.name, embedder.backend, embedder.max_seq_length)
+        cached = [self._query_cache.get((key, text)) for text in queries]
+        missing = [i for i, v in enumerate(cached) if v is None]
+        if missing:
+            texts = list(dict.fromkeys(queries[i] for i in missing))  # a repeated query is embedded once
+            by_text = dict(zip(texts, embedder.encode(texts)))
+            for i in missing:
+                cached[i] = by_text[queries[i]]
+            for text, vec in by_text.items():
+                vec.setflags(write=False)
+                self._query_cache.put((key, text), vec)
+        return np.stack(cached).astype(np.float32, copy=True)
 
     def search_by_vector(self, vector, k: int = 10, filters: dict | None = None) -> list[Hit]:
         """Top-k by cosine for a raw vector (lists, float64, non-contiguous accepted; normalized here)."""
@@ -755,8 +793,7 @@ class Retriever:
         flat = None
         if do_rerank:
             budget = self.config.rerank.budget_ms if rerank_budget_ms is None else rerank_budget_ms
-            pairs = [(query, row.text) for query, c in zip(queries, candidates) for row, _ in c]
-            flat = self.reranker.score_pairs(pairs, budget_s=budget / 1000 if budget else None)
+            flat = self._rerank_scores(queries, candidates, budget / 1000 if budget else None)
             trace["rerank_ms"] = (time.perf_counter() - t2) * 1000
             if flat is None:  # over budget: retrieval order, and the trace says so
                 trace.update(reranked=False, rerank_timed_out=True)
@@ -772,6 +809,28 @@ class Retriever:
                         for rank, i in enumerate(order, 1)])
         return out
 
+    def _rerank_scores(self, queries: list[str], candidates, budget_s: float | None) -> np.ndarray | None:
+        """Cross-encoder scores of every (query, candidate) pair of the batch, flat; cached scores are reused
+        and only the rest go to the model, in one length-sorted run. None when the budget ran out."""
+        keys = [(query, row.vid) for query, c in zip(queries, candidates) for row, _ in c]
+        texts = [row.text for c in candidates for row, _ in c]
+        model_key = self.reranker.key
+        flat = self._score_cache.get_many(model_key, keys)
+        todo = {}  # the same pair twice in a batch (a repeated query) is scored once
+        for i, s in enumerate(flat):
+            if s is None:
+                todo.setdefault(keys[i], []).append(i)
+        if todo:
+            firsts = [idx[0] for idx in todo.values()]
+            scores = self.reranker.score_pairs([(keys[i][0], texts[i]) for i in firsts], budget_s=budget_s)
+            if scores is None:
+                return None
+            for idx, score in zip(todo.values(), scores):
+                for i in idx:
+                    flat[i] = float(score)
+            self._score_cache.put_many(model_key, [keys[i] for i in firsts], scores)
+        return np.asarray(flat, dtype=np.float32)
+
     # ------------------------------------------------------------------------------------ maintenance
     def stats(self) -> dict[str, Any]:
         gdir = generation_dir(self.path, self._manifest["generation"])
@@ -784,7 +843,10 @@ class Retriever:
             "vectors": len(self._index),
             "dim": self._index.dim,
             "embedding_model": self.config.embedding.model,
+            "embedding_backend": self.embedder.backend,
             "rerank_model": self.config.rerank.model,
+            "rerank_backend": self.reranker.backend,
+            "caches": self.cache_stats(),
             "index_kind": self._index.kind,
             "index": self.index_status(),
             "generation": self._manifest["generation"],
@@ -938,14 +1000,18 @@ class Retriever:
             self.save()
         return n
 
-    def reembed(self, model: str, *, batch_size: int | None = None, show_progress: bool = False) -> dict[str, Any]:
-        """Re-embed every stored text with `model` into a new index generation. The current generation stays
-        the one in use until the new one is complete (manifest switch last); then the old one is removed."""
+    def reembed(self, model: str, *, batch_size: int | None = None, backend: str | None = None,
+                show_progress: bool = False) -> dict[str, Any]:
+        """Re-embed every stored text with `model` (by `backend`, default: the configured one) into a new index
+        generation. The current generation stays the one in use until the new one is complete (manifest switch
+        last); then the old one is removed."""
         self._require_writable()
         if not isinstance(model, str) or not model.strip():
             raise InputError("model must be a sentence-transformers model name or path, or a builtin: name")
         t0 = time.perf_counter()
         emb_cfg = {"model": model}
+        if backend is not None:
+            emb_cfg["backend"] = backend
         if batch_size:
             emb_cfg["batch_size"] = batch_size
         config = self.config.replace(embedding=emb_cfg)
@@ -986,11 +1052,12 @@ class Retriever:
                 self._manifest, self.config = manifest, config
                 self.embedder, self._fingerprint_checked = embedder, True
                 self.reranker = Reranker.from_config(config)
+                self.clear_caches()  # the new file numbers vids afresh
                 self._apply_search_settings()
             self._saved_seq = -1
             self.save()  # the manifest now points at the new generation
             old_store.close()
             if not has_readers(generation_dir(self.path, old_gen)):
                 shutil.rmtree(generation_dir(self.path, old_gen), ignore_errors=True)
-        return {"generation": new_gen, "vectors": done, "dim": dim, "model": model,
+        return {"generation": new_gen, "vectors": done, "dim": dim, "model": model, "backend": embedder.backend,
                 "seconds": round(time.perf_counter() - t0, 2)}

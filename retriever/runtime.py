@@ -1,8 +1,11 @@
-"""Thread layout: torch, FAISS (OpenMP) and BLAS set together so they don't oversubscribe the cores.
+"""Thread layout: onnxruntime, torch, FAISS (OpenMP) and BLAS set together so they don't oversubscribe the cores.
 
-Set when a Retriever opens (never on import): FAISS's OpenMP pool right away, torch's intra-op pool as
-soon as torch is imported by a model load. In a query they run one after the other, so the default gives
-torch every core and FAISS one thread (a flat search over thousands of vectors is sub-millisecond).
+Set when a Retriever opens (never on import): FAISS's OpenMP pool and numpy's BLAS right away, torch's
+intra-op pool as soon as torch is imported by a model load (and again in every thread that runs a model:
+OpenMP's count is per thread), onnxruntime's when a session is created (each session owns its pool).
+In a query the stages run one after the other, so the default gives the models (onnxruntime or torch)
+every core, and FAISS and BLAS one thread each (a flat search over thousands of vectors, the exact scan
+of a filtered search and the normalizations are sub-millisecond; a second thread only adds wake-ups).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import threading
 from contextlib import contextmanager
 
 _wanted_torch: int | None = None
+_wanted_onnx: int | None = None
 _thread = threading.local()
 
 
@@ -22,18 +26,44 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def configure(torch_threads: int = 0, faiss_threads: int = 1) -> tuple[int, int]:
-    """Record and apply the thread counts (0 = one per core). Returns (torch, faiss)."""
-    global _wanted_torch
+def configure(torch_threads: int = 0, faiss_threads: int = 1, onnx_threads: int = 0,
+              blas_threads: int = 1) -> dict[str, int]:
+    """Record and apply the thread counts (0 = one per core). Returns what was set."""
+    global _wanted_torch, _wanted_onnx
     import faiss
 
     t = torch_threads or cores()
     f = faiss_threads or cores()
+    o = onnx_threads or cores()
+    b = blas_threads or cores()
     faiss.omp_set_num_threads(f)
-    _wanted_torch = t
+    _set_blas(b)
+    _wanted_torch, _wanted_onnx = t, o
     if "torch" in sys.modules:
         prepare_thread()
-    return t, f
+    return {"torch": t, "faiss": f, "onnx": o, "blas": b}
+
+
+def configure_from(rt) -> dict[str, int]:
+    """`configure` from a `RuntimeConfig` ([runtime] section)."""
+    return configure(rt.torch_threads, rt.faiss_threads, rt.onnx_threads, rt.blas_threads)
+
+
+_blas_limiter = None
+
+
+def _set_blas(n: int) -> None:
+    global _blas_limiter
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return
+    _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+
+
+def onnx_threads() -> int:
+    """Intra-op threads for a new onnxruntime session (the configured count, else one per core)."""
+    return _wanted_onnx or cores()
 
 
 def prepare_thread() -> None:
@@ -51,7 +81,15 @@ def prepare_thread() -> None:
 def current() -> dict:
     import faiss
 
-    out = {"cores": cores(), "faiss_threads": faiss.omp_get_max_threads()}
+    out = {"cores": cores(), "faiss_threads": faiss.omp_get_max_threads(), "onnx_threads": onnx_threads()}
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+        if blas:
+            out["blas_threads"] = max(blas)
+    except ImportError:  # pragma: no cover
+        pass
     if "torch" in sys.modules:
         import torch
 

@@ -23,7 +23,7 @@ def test_round_trip_through_dict():
 @pytest.mark.parametrize(
     "data, words",
     [
-        ({"rerank": {"candidate": 3}}, r"unknown key rerank\.candidate; allowed keys in \[rerank\]: enabled, model, candidates"),
+        ({"rerank": {"candidate": 3}}, r"unknown key rerank\.candidate; allowed keys in \[rerank\]: enabled, model, backend, candidates"),
         ({"index": {"kind": "annoy"}}, r"index\.kind = 'annoy' is not allowed; allowed values: 'flat'"),
         ({"rerank": {"candidates": 0}}, r"rerank\.candidates = 0 is out of range; it must be between 1 and 10000"),
         ({"embedding": {"batch_size": "big"}}, r"embedding\.batch_size = 'big' must be of type int"),
