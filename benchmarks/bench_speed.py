@@ -3,7 +3,8 @@
 
     python benchmarks/bench_speed.py                                   # everything, defaults (see README)
     python benchmarks/bench_speed.py --pipelines ours,bare --queries 50
-    python benchmarks/bench_speed.py --ingest-docs 100 --queries 10    # smoke run
+    python benchmarks/bench_speed.py --ingest-docs 100 --docs 100 --queries 10 --batch 4   # smoke run
+    python benchmarks/bench_speed.py --wait-idle 300   # before each pipeline wait up to 5 min for a quiet machine
 
 Peers install as benchmark-only extras: `pip install -c constraints.txt -e ".[bench-llama-index,bench-langchain]"`;
 a missing peer's row says what to install and the others still run.
@@ -361,6 +362,26 @@ def run_child(args) -> dict:
 
 # -------------------------------------------------------------------------------------------- parent
 
+def others_busy(interval: float = 1.0) -> float | None:
+    """Share of all cores that other processes used over `interval` seconds (this process sleeps meanwhile)."""
+    b0 = benchenv.machine_busy_seconds()
+    time.sleep(interval)
+    b1 = benchenv.machine_busy_seconds()
+    if b0 is None or b1 is None:
+        return None
+    return max(0.0, (b1 - b0) / (interval * max(1, len(os.sched_getaffinity(0)))))
+
+
+def wait_idle(limit_s: float, threshold: float = 0.1) -> float | None:
+    """Wait up to `limit_s` seconds for 3 quiet seconds in a row (other processes below `threshold` of the cores);
+    returns the last share seen."""
+    deadline, quiet, share = time.monotonic() + limit_s, 0, None
+    while time.monotonic() < deadline and quiet < 3:
+        share = others_busy()
+        quiet = quiet + 1 if share is not None and share < threshold else 0
+    return share
+
+
 def run_one(name: str, args) -> dict:
     fd, tmp_out = tempfile.mkstemp(prefix=f"bench-speed-{name}-", suffix=".json")
     os.close(fd)
@@ -369,7 +390,8 @@ def run_one(name: str, args) -> dict:
            "--ingest-docs", str(args.ingest_docs or 0), "--ingest-queries", str(args.ingest_queries)]
     if args.skip_ingest:
         cmd.append("--skip-ingest")
-    log(f"=== {name}")
+    busy = wait_idle(args.wait_idle) if args.wait_idle > 0 else None
+    log(f"=== {name}" + (f" (other processes' share of the cores before it: {busy:.0%})" if busy is not None else ""))
     t0 = perf()
     proc = subprocess.run(cmd)
     try:
@@ -381,6 +403,7 @@ def run_one(name: str, args) -> dict:
     if res is None:
         res = {"pipeline": name, "error": f"subprocess exited with {proc.returncode} (see the log above)"}
     res["wall_s"] = perf() - t0
+    res["others_share_before"] = busy
     return res
 
 
@@ -538,6 +561,8 @@ def parse_args():
     ap.add_argument("--ingest-docs", type=int, default=0, help="0 = the full corpus (5,010); N = fitz_gov_subset(N)")
     ap.add_argument("--ingest-queries", type=int, default=500, help="labeled queries for the ingest index's recall")
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each pipeline wait up to S seconds for the other processes to go quiet")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--pipeline", help=argparse.SUPPRESS)    # child mode: run one pipeline
     ap.add_argument("--child-out", help=argparse.SUPPRESS)

@@ -137,7 +137,8 @@ class LangChainPipeline:
             from langchain_community.vectorstores.utils import DistanceStrategy
             from langchain_core.documents import Document as LCDocument
             from langchain_text_splitters import RecursiveCharacterTextSplitter
-
+        with warnings.catch_warnings():  # after the imports: langchain_core installs its own warning filters
+            warnings.simplefilter("ignore")
             # langchain-huggingface (the non-deprecated home of these two classes) pins huggingface-hub<2,
             # which would downgrade the hub library transformers 5 uses; the community classes are the same code
             self.embeddings = HuggingFaceEmbeddings(model_name=embedder_path, model_kwargs={"device": "cpu"},

@@ -70,7 +70,9 @@ class RerankConfig:
     # tokenizer.json), the fast path; torch: sentence-transformers CrossEncoder, the reference (any model)
     backend: str = field(default="onnx", metadata=_rule(choices=("onnx", "torch")))
     candidates: int = field(default=20, metadata=_rule(min=1, max=10000))
-    batch_size: int = field(default=8, metadata=_rule(min=1, max=4096))
+    # pairs per forward pass, sorted by length first; 0 = auto: 1 on onnx (exact: dynamic int8 scales activations
+    # per batch, so batching would make a pair's score depend on its batchmates), 8 on torch
+    batch_size: int = field(default=0, metadata=_rule(min=0, max=4096))
     max_length: int = field(default=256, metadata=_rule(min=16, max=512))
     # milliseconds the cross-encoder may spend on one search (0 = no limit); past it the hits come back in
     # retrieval order and the trace / HTTP response says `rerank_timed_out`

@@ -137,6 +137,14 @@ class Embedder:
         out[order] = np.concatenate(parts)
         return as_unit_vectors(out, self.dim, what="embeddings from the model")
 
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Like `encode`, but on the onnx backend one text per run: dynamic int8 quantizes activations with one
+        scale per batch, so a query's vector would depend on the queries batched with it (and search would
+        disagree with search_batch). Queries are short, so this costs little; documents are batched for speed."""
+        if self.backend != "onnx" or len(texts) <= 1:
+            return self.encode(texts)
+        return np.concatenate([self.encode([t]) for t in texts])
+
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
 

@@ -676,7 +676,7 @@ class Retriever:
         missing = [i for i, v in enumerate(cached) if v is None]
         if missing:
             texts = list(dict.fromkeys(queries[i] for i in missing))  # a repeated query is embedded once
-            by_text = dict(zip(texts, embedder.encode(texts)))
+            by_text = dict(zip(texts, embedder.encode_queries(texts)))
             for i in missing:
                 cached[i] = by_text[queries[i]]
             for text, vec in by_text.items():

@@ -73,8 +73,10 @@ def test_rerank_false_and_disabled_never_load_the_cross_encoder(corpus_index, tm
 @pytest.mark.real
 def test_search_batch_equals_single_searches(france):
     queries = [QUERY, "bananas and potassium", "a city known for food"]
+    france.clear_caches()
     batch = france.search_batch(queries, k=3)
     for q, hits in zip(queries, batch):
+        france.clear_caches()  # computed afresh, not served from what the batch cached
         single = france.search(q, k=3)
         assert [h.id for h in hits] == [h.id for h in single]
         for a, b in zip(hits, single):

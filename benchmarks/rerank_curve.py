@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""The recall/latency curve that sets `[rerank] max_length` and `[rerank] candidates`.
+
+    python benchmarks/rerank_curve.py                  # 200 tuning queries, about 6 minutes on 2 cores
+    python benchmarks/rerank_curve.py --queries 60     # quicker
+
+On the fitz-gov 1,000-document subset (the default corpus, built once into benchmarks/results/curve-index with
+the shipped defaults), for the int8 ONNX cross-encoder at each max_length: every tuning query's top-N candidates
+(by cosine) are scored once; MRR@10 and recall@10 at document level are computed for every candidate count
+from those scores (the cross-encoder scores each pair on its own, so the top-c scores are a prefix of the
+top-N ones), and the latency of reranking c candidates is timed directly on a subset of the queries.
+The reference row is the sentence-transformers CrossEncoder (fp32) at its own max_length (512), 20 candidates:
+what the peers in bench_speed run. Tuning queries are the labeled queries at odd positions in id order, so the
+evenly spread queries bench_speed measures are half new to this choice.
+
+The rule: the cheapest setting (p95 ms) whose MRR@10 is within `--mrr-tolerance` (0.003) of the reference and
+whose recall@10 is within 0.005 of it. Prints the grid and the choice; JSON in benchmarks/results/rerank_curve.json.
+"""
+from __future__ import annotations
+
+from benchenv import ROOT  # first: offline hubs, quiet warnings, the repository on sys.path
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from retriever import Retriever, RetrieverConfig  # noqa: E402
+from retriever.datasets import fitz_gov_subset  # noqa: E402
+from retriever.rerank import Reranker  # noqa: E402
+
+perf = time.perf_counter
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def pct(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+def dedupe(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def quality(rankings: list[list[str]], relevant: list[set[str]], k: int = 10) -> tuple[float, float]:
+    """Mean recall@k and MRR@k at document level."""
+    rec, rr = [], []
+    for ranked, rel in zip(rankings, relevant):
+        top = dedupe(ranked)[:k]
+        rec.append(len(rel & set(top)) / len(rel))
+        rr.append(next((1.0 / i for i, d in enumerate(top, 1) if d in rel), 0.0))
+    return float(np.mean(rec)), float(np.mean(rr))
+
+
+def ranked_by(scores: np.ndarray, parents: list[str], c: int) -> list[str]:
+    order = sorted(range(c), key=lambda i: (-scores[i], i))
+    return [parents[i] for i in order]
+
+
+def open_index() -> Retriever:
+    path = RESULTS / "curve-index"
+    if (path / "manifest.json").exists():
+        return Retriever.open(path, read_only=True)
+    docs, _ = fitz_gov_subset(1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Retriever.create(path, RetrieverConfig()) as r:
+        r.upsert(docs)
+    return Retriever.open(path, read_only=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--queries", type=int, default=200, help="tuning queries (quality)")
+    ap.add_argument("--timed", type=int, default=60, help="of those, queries whose rerank is timed per setting")
+    ap.add_argument("--lengths", default="64,96,128,160,192,256")
+    ap.add_argument("--candidates", default="10,15,20,25,30")
+    ap.add_argument("--mrr-tolerance", type=float, default=0.003)
+    args = ap.parse_args(argv)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    cands = [int(x) for x in args.candidates.split(",")]
+    top_n = max(cands)
+
+    _, labeled = fitz_gov_subset(1000)
+    tuning = labeled[1::2]
+    step = max(1, len(tuning) // args.queries)
+    tuning = tuning[::step][:args.queries]
+    timed_idx = set(range(0, len(tuning), max(1, len(tuning) // args.timed)))
+    r = open_index()
+    sets = []
+    for q in tuning:
+        _, trace = r.search_traced([q.query], k=top_n, rerank=False)
+        ids = [cid for cid, _, _ in trace["candidates"][0]]
+        parents = [pid for _, pid, _ in trace["candidates"][0]]
+        texts = [r.get(i).text for i in ids]
+        sets.append((q, texts, parents, set(q.relevant)))
+    relevant = [rel for *_, rel in sets]
+    print(f"{len(sets)} tuning queries, top-{top_n} candidates each; {len(timed_idx)} timed per setting")
+
+    retrieval = quality([p for _, _, p, _ in sets], relevant)
+    rows = [{"backend": "retrieval only", "max_length": None, "candidates": None,
+             "recall@10": retrieval[0], "mrr@10": retrieval[1], "p50_ms": 0.0, "p95_ms": 0.0}]
+
+    # reference: the fp32 CrossEncoder at the model's own max_length (512), 20 candidates (what peers run)
+    ref_model = Reranker("builtin:ms-marco-MiniLM-L-12-v2", backend="torch", max_length=512, batch_size=8)
+    ref_model.score_pairs([("warm", "up")])
+    ref_scores, ref_ms = [], []
+    for i, (q, texts, parents, _) in enumerate(sets):
+        t0 = perf()
+        ref_scores.append(ref_model.score_pairs([(q.query, t) for t in texts[:20]]))
+        ref_ms.append((perf() - t0) * 1000)
+        if i % 25 == 24:
+            print(f"  reference: {i + 1}/{len(sets)} queries, p50 so far {pct(ref_ms, 50):.0f} ms", flush=True)
+    rec, mrr = quality([ranked_by(s, p, 20) for s, (_, _, p, _) in zip(ref_scores, sets)], relevant)
+    ref = {"backend": "torch fp32 (reference)", "max_length": 512, "candidates": 20, "recall@10": rec, "mrr@10": mrr,
+           "p50_ms": pct(ref_ms, 50), "p95_ms": pct(ref_ms, 95)}
+    rows.append(ref)
+    print(f"reference torch fp32 ml=512 c=20: MRR@10 {mrr:.4f} recall@10 {rec:.4f} p50/p95 {ref['p50_ms']:.0f}/"
+          f"{ref['p95_ms']:.0f} ms")
+
+    for ml in lengths:
+        model = Reranker("builtin:ms-marco-MiniLM-L-12-v2", backend="onnx", max_length=ml, batch_size=0)
+        model.score_pairs([("warm", "up")])
+        scores = [model.score_pairs([(q.query, t) for t in texts]) for q, texts, _, _ in sets]
+        for c in cands:
+            ms = []
+            for i in sorted(timed_idx):
+                q, texts, _, _ = sets[i]
+                t0 = perf()
+                model.score_pairs([(q.query, t) for t in texts[:c]])
+                ms.append((perf() - t0) * 1000)
+            rec, mrr = quality([ranked_by(s, p, c) for s, (_, _, p, _) in zip(scores, sets)], relevant)
+            row = {"backend": "onnx int8", "max_length": ml, "candidates": c, "recall@10": rec, "mrr@10": mrr,
+                   "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95)}
+            rows.append(row)
+            print(f"onnx ml={ml:4d} c={c:3d}: MRR@10 {mrr:.4f} ({mrr - ref['mrr@10']:+.4f}) recall@10 {rec:.4f} "
+                  f"({rec - ref['recall@10']:+.4f}) p50/p95 {row['p50_ms']:.0f}/{row['p95_ms']:.0f} ms", flush=True)
+
+    ok = [x for x in rows if x["backend"] == "onnx int8" and x["mrr@10"] >= ref["mrr@10"] - args.mrr_tolerance
+          and x["recall@10"] >= ref["recall@10"] - 0.005]
+    choice = min(ok, key=lambda x: x["p95_ms"]) if ok else None
+    print("\nmax_length  candidates  MRR@10   recall@10  p50 ms  p95 ms")
+    for x in rows:
+        mark = "  <- chosen" if x is choice else ""
+        print(f"{str(x['max_length'] or '-'):>10}  {str(x['candidates'] or '-'):>10}  {x['mrr@10']:.4f}   "
+              f"{x['recall@10']:.4f}  {x['p50_ms']:6.0f}  {x['p95_ms']:6.0f}  {x['backend']}{mark}")
+    if choice:
+        print(f"\nchoice: max_length = {choice['max_length']}, candidates = {choice['candidates']} (cheapest p95 with "
+              f"MRR@10 within {args.mrr_tolerance} of the reference and recall@10 within 0.005)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"queries": len(sets), "timed": len(timed_idx), "rows": rows, "choice": choice,
+           "rule": {"mrr_tolerance": args.mrr_tolerance, "recall_tolerance": 0.005}}
+    (RESULTS / "rerank_curve.json").write_text(json.dumps(out, indent=1))
+    r.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
