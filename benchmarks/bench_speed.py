@@ -10,7 +10,9 @@ Peers install as benchmark-only extras: `pip install -c constraints.txt -e ".[be
 a missing peer's row says what to install and the others still run.
 
 Setting for all: embedder all-MiniLM-L6-v2 and cross-encoder ms-marco-MiniLM-L-12-v2 from the same local folders
-(`retriever.models.resolve_*`, offline), top-20 retrieved, the cross-encoder keeps 10, torch on 2 threads.
+(`retriever.models.resolve_*`, offline), the cross-encoder keeps 10, torch on 2 threads. Peers retrieve 20
+candidates and rerank at the model's own max_length (512), as their users would; ours runs its shipped settings:
+10 candidates at 128 tokens, chosen by benchmarks/rerank_curve.py on separate tuning queries.
 
 Pipelines (each in its own subprocess, so peak RSS and thread settings are per pipeline):
   ours         Retriever with the shipped defaults (`RetrieverConfig()`, i.e. configs/default.toml):

@@ -46,16 +46,22 @@ def _tokenizer(path: Path, max_length: int):
 
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(max_length=max_length)
-    pad_id = tok.token_to_id("[PAD]")
-    # pad each batch to its longest member (some tokenizer.json files ship fixed padding to 512)
-    tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]" if pad_id is not None else "<pad>")
+    # no padding here (some tokenizer.json files ship fixed padding to 512): `_feed` pads each batch to its own
+    # longest member, so a text run alone carries no padding at all
+    tok.no_padding()
     return tok
 
 
-def _feed(session, encodings) -> dict:
-    ids = np.array([e.ids for e in encodings], dtype=np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+def _feed(session, encodings, pad_id: int = 0) -> dict:
+    """input_ids / attention_mask / token_type_ids of a batch, padded to its longest member."""
+    n, width = len(encodings), max(len(e.ids) for e in encodings)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    types = np.zeros((n, width), dtype=np.int64)
+    for row, e in enumerate(encodings):
+        L = len(e.ids)
+        ids[row, :L], mask[row, :L], types[row, :L] = e.ids, 1, e.type_ids
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     return {i.name: feed[i.name] for i in session.get_inputs()}
 
 
@@ -149,7 +155,9 @@ class OnnxSentenceEncoder:
             if self.pooling == "cls":
                 pooled = hidden[:, 0]
             else:
-                mask = np.array([e.attention_mask for e in batch], dtype=np.float32)[:, :, None]
+                mask = np.zeros(hidden.shape[:2] + (1,), dtype=np.float32)
+                for row, e in enumerate(batch):
+                    mask[row, :len(e.ids)] = 1.0
                 pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
             out[chunk] = pooled
         if normalize_embeddings or self.normalize:

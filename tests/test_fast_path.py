@@ -84,29 +84,26 @@ def make_index(tmp_path, small_docs, model_cache):
         r.close()
 
 
+def record_calls(monkeypatch, obj, method: str) -> list[list]:
+    """The first argument (a list of pairs or texts) of every call of obj.method, recorded as lists."""
+    calls: list[list] = []
+    real = getattr(obj, method)
+
+    def spy(items, **kw):
+        calls.append(list(items))
+        return real(items, **kw)
+
+    monkeypatch.setattr(obj, method, spy)
+    return calls
+
+
 def record_pairs(monkeypatch, r: Retriever) -> list[list[tuple[str, str]]]:
     """Every score_pairs call of r's cross-encoder, as its list of (query, passage) pairs."""
-    calls: list[list[tuple[str, str]]] = []
-    real = r.reranker.score_pairs
-
-    def spy(pairs, **kw):
-        calls.append(list(pairs))
-        return real(pairs, **kw)
-
-    monkeypatch.setattr(r.reranker, "score_pairs", spy)
-    return calls
+    return record_calls(monkeypatch, r.reranker, "score_pairs")
 
 
 def record_encodes(monkeypatch, r: Retriever) -> list[list[str]]:
-    calls: list[list[str]] = []
-    real = r.embedder.encode
-
-    def spy(texts, **kw):
-        calls.append(list(texts))
-        return real(texts, **kw)
-
-    monkeypatch.setattr(r.embedder, "encode", spy)
-    return calls
+    return record_calls(monkeypatch, r.embedder, "encode")
 
 
 def spearman(a, b) -> float:
