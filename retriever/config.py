@@ -26,7 +26,8 @@ class EmbeddingConfig:
     # onnx: the model exported once to int8 ONNX (cached) and run by onnxruntime, the fast path; torch: the
     # sentence-transformers reference path (any model). The manifest records which one embedded an index.
     backend: str = field(default="onnx", metadata=_rule(choices=("onnx", "torch")))
-    batch_size: int = field(default=64, metadata=_rule(min=1, max=4096))
+    # texts per forward pass (sorted by length first); 32 measured 15% faster than 64 on the onnx path
+    batch_size: int = field(default=32, metadata=_rule(min=1, max=4096))
     device: str = field(default="cpu", metadata=_rule(choices=("cpu", "cuda", "mps")))
     max_seq_length: int | None = field(default=None, metadata=_rule(min=8, max=8192))
 

@@ -28,7 +28,7 @@ BACKENDS = ("onnx", "torch")
 
 
 class Embedder:
-    def __init__(self, model: str, *, backend: str = "onnx", batch_size: int = 64, device: str = "cpu",
+    def __init__(self, model: str, *, backend: str = "onnx", batch_size: int = 32, device: str = "cpu",
                  max_seq_length: int | None = None):
         if backend not in BACKENDS:
             raise InputError(f"embedding backend {backend!r} is not one of {', '.join(BACKENDS)}")
