@@ -70,14 +70,15 @@ class RerankConfig:
     # onnx: an int8 ONNX cross-encoder run by onnxruntime (the builtin, or a folder with model.onnx and
     # tokenizer.json), the fast path; torch: sentence-transformers CrossEncoder, the reference (any model)
     backend: str = field(default="onnx", metadata=_rule(choices=("onnx", "torch")))
-    # candidates and max_length from benchmarks/rerank_curve.py (the recall/latency curve on fitz-gov): 10 candidates
-    # at 128 tokens beat the fp32 cross-encoder at 512 tokens on 20 candidates (MRR@10 +0.011) with 40% of the
-    # tokens, p95 159 vs 1,501 ms; 64 tokens lose 0.014 of MRR@10, 96 clear it by only 0.003
-    candidates: int = field(default=10, metadata=_rule(min=1, max=10000))
+    # candidates and max_length from benchmarks/rerank_curve.py (recall/latency curve on a holdout of fitz-gov queries):
+    # 15 candidates at 384 tokens are the cheapest int8 setting within 0.01 of the fp32 cross-encoder at 512 tokens
+    # on 20 candidates (MRR@10 -0.007, the int8 model's own cost; p95 556 vs 1,397 ms); 10 candidates lose 0.013
+    # at any window, 128 tokens 0.013-0.019
+    candidates: int = field(default=15, metadata=_rule(min=1, max=10000))
     # pairs per forward pass, sorted by length first; 0 = auto: 1 on onnx (exact: dynamic int8 scales activations
     # per batch, so batching would make a pair's score depend on its batchmates), 8 on torch
     batch_size: int = field(default=0, metadata=_rule(min=0, max=4096))
-    max_length: int = field(default=128, metadata=_rule(min=16, max=512))
+    max_length: int = field(default=384, metadata=_rule(min=16, max=512))
     # milliseconds the cross-encoder may spend on one search (0 = no limit); past it the hits come back in
     # retrieval order and the trace / HTTP response says `rerank_timed_out`
     budget_ms: float = field(default=0.0, metadata=_rule(min=0, max=600_000))

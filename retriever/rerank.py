@@ -21,7 +21,7 @@ BACKENDS = ("onnx", "torch")
 
 
 class Reranker:
-    def __init__(self, model: str, *, backend: str = "onnx", batch_size: int = 0, max_length: int = 128,
+    def __init__(self, model: str, *, backend: str = "onnx", batch_size: int = 0, max_length: int = 384,
                  device: str = "cpu"):
         if backend not in BACKENDS:
             raise InputError(f"rerank backend {backend!r} is not one of {', '.join(BACKENDS)}")

@@ -145,12 +145,12 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     model: str = Field(default=DEFAULT_RERANK_MODEL, description="cross-encoder name, path or builtin: name")
     backend: str = Field(default="onnx", description="onnx (int8 onnxruntime, fast) or torch (sentence-transformers)")
     batch_size: int = Field(default=0, description="pairs per forward pass (0 = auto: 1 on onnx, 8 on torch)")
-    max_length: int = Field(default=128, description="tokens per (query, passage) pair")
+    max_length: int = Field(default=384, description="tokens per (query, passage) pair")
     metadata_mode: MetadataMode = Field(default=MetadataMode.NONE, description="what of the node is scored")
     _reranker: Reranker = PrivateAttr()
 
     def __init__(self, top_n: int = 10, model: str = DEFAULT_RERANK_MODEL, batch_size: int = 0,
-                 max_length: int = 128, metadata_mode: MetadataMode = MetadataMode.NONE, backend: str = "onnx",
+                 max_length: int = 384, metadata_mode: MetadataMode = MetadataMode.NONE, backend: str = "onnx",
                  **kwargs: Any):
         for name, value, low in (("top_n", top_n, 1), ("batch_size", batch_size, 0), ("max_length", max_length, 16)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
