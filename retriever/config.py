@@ -72,7 +72,7 @@ class RerankConfig:
     backend: str = field(default="onnx", metadata=_rule(choices=("onnx", "torch")))
     # candidates and max_length from benchmarks/rerank_curve.py (recall/latency curve on a holdout of fitz-gov queries):
     # 15 candidates at 384 tokens are the cheapest int8 setting within 0.01 of the fp32 cross-encoder at 512 tokens
-    # on 20 candidates (MRR@10 -0.007, the int8 model's own cost; p95 556 vs 1,397 ms); 10 candidates lose 0.013
+    # on 20 candidates (MRR@10 -0.007, the int8 model's own cost; p95 543 vs 1,397 ms); 10 candidates lose 0.013
     # at any window, 128 tokens 0.013-0.019
     candidates: int = field(default=15, metadata=_rule(min=1, max=10000))
     # pairs per forward pass, sorted by length first; 0 = auto: 1 on onnx (exact: dynamic int8 scales activations

@@ -113,13 +113,13 @@ class OnnxCrossEncoder:
 # ------------------------------------------------------------------------------------------- bi-encoder
 class OnnxSentenceEncoder:
     """A sentence-transformers bi-encoder exported by `export_sentence_encoder`: the transformer in int8 ONNX,
-    the pooling (mean or cls) and normalization in numpy. Mirrors the SentenceTransformer methods the Embedder
+    the pooling (cls, mean, max) and normalization in numpy. Mirrors the SentenceTransformer methods the Embedder
     uses (`encode`, `get_embedding_dimension`, `max_seq_length`, `tokenizer` for chunking)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         meta = json.loads((self.folder / "export.json").read_text())
-        self.pooling = meta["pooling"]
+        self.pooling = [meta["pooling"]] if isinstance(meta["pooling"], str) else list(meta["pooling"])
         self.normalize = meta["normalize"]
         self.dim = int(meta["dim"])
         self.max_seq_length = int(meta["max_seq_length"])
@@ -152,17 +152,25 @@ class OnnxSentenceEncoder:
         for chunk in _batches_by_length([len(e.ids) for e in enc], batch_size):
             batch = [enc[i] for i in chunk]
             hidden = self.session.run(None, _feed(self.session, batch))[0]
-            if self.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = np.zeros(hidden.shape[:2] + (1,), dtype=np.float32)
-                for row, e in enumerate(batch):
-                    mask[row, :len(e.ids)] = 1.0
-                pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
-            out[chunk] = pooled
+            mask = np.zeros(hidden.shape[:2] + (1,), dtype=np.float32)
+            for row, e in enumerate(batch):
+                mask[row, :len(e.ids)] = 1.0
+            out[chunk] = np.concatenate([_pool(mode, hidden, mask) for mode in self.pooling], axis=1)
         if normalize_embeddings or self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+
+POOLING = ("cls", "mean", "max")  # sentence-transformers Pooling modes this path reproduces (concatenated in order)
+
+
+def _pool(mode: str, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One sentence-transformers pooling mode over (batch, tokens, dim) with a (batch, tokens, 1) mask."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "max":
+        return np.where(mask > 0, hidden, -1e9).max(1)
+    return (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
 
 
 def _weights_key(path: Path) -> str:
@@ -204,13 +212,13 @@ def export_sentence_encoder(src: Path, out: Path) -> None:
             or any(n not in ("Transformer", "Pooling", "Normalize") for n in names):
         raise InputError(f"embedding.backend = 'onnx' supports Transformer + Pooling (+ Normalize) models; {src} has "
                          f"{' + '.join(names)}; use embedding.backend = 'torch' for it")
-    pooling = "mean"
+    pooling = ["mean"]
     if len(modules) > 1:
-        mode = modules[1].get_pooling_mode_str() if hasattr(modules[1], "get_pooling_mode_str") else "mean"
-        if mode not in ("mean", "cls"):
-            raise InputError(f"embedding.backend = 'onnx' supports mean or cls pooling; {src} uses {mode!r}; use "
-                             f"embedding.backend = 'torch' for it")
-        pooling = mode
+        mode = getattr(modules[1], "pooling_mode", "mean")
+        pooling = [mode] if isinstance(mode, str) else list(mode)
+        if any(m not in POOLING for m in pooling) or getattr(modules[1], "include_prompt", True) is False:
+            raise InputError(f"embedding.backend = 'onnx' supports {', '.join(POOLING)} pooling; {src} uses "
+                             f"{pooling!r}; use embedding.backend = 'torch' for it")
     auto = modules[0].auto_model
 
     class Hidden(torch.nn.Module):

@@ -494,3 +494,30 @@ def test_thread_settings_reach_onnxruntime_and_blas(tmp_path, model_cache, reque
             assert cur["blas_threads"] == 1
         session = OnnxCrossEncoder(*files, max_length=64).session
         assert session.get_session_options().intra_op_num_threads == 1
+
+
+@pytest.mark.real
+def test_onnx_export_reproduces_concatenated_pooling_modes(tmp_path, monkeypatch):
+    """A copy of the builtin with cls + mean + max pooling (1,152-d): the onnx path pools like sentence-transformers."""
+    import json
+    import shutil
+
+    from retriever.models import resolve_embedder
+
+    monkeypatch.setenv("RETRIEVER_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "pooled"
+    shutil.copytree(resolve_embedder(DEFAULT_EMBEDDING_MODEL), model)
+    cfg_file = model / "1_Pooling" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("word_embedding_dimension", None)
+    cfg.update({"embedding_dimension": 384, "pooling_mode": ["cls", "mean", "max"]})
+    cfg_file.write_text(json.dumps(cfg))
+    texts = [FRANCE, PARIS, BANANA]
+    onnx = Embedder(str(model), backend="onnx").encode_queries(texts)
+    ref = Embedder(str(model), backend="torch").encode(texts)
+    assert onnx.shape == ref.shape == (3, 3 * 384)
+    assert np.all((onnx * ref).sum(1) > 0.98), (onnx * ref).sum(1)
+    # the parts line up: the mean block alone matches too
+    a, b = onnx[:, 384:768], ref[:, 384:768]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.all(cos > 0.98), cos
