@@ -18,7 +18,7 @@ Pipelines (each in its own subprocess, so peak RSS and thread settings are per p
   ours         Retriever with the shipped defaults (`RetrieverConfig()`, i.e. configs/default.toml):
                search(q, k=10, rerank=True); retrieve-only is search(q, k=20, rerank=False).
   ours-fp32    the same with `[embedding] backend = "torch"` and `[rerank] backend = "torch"` (the fp32 reference
-               path). While the config has no `backend` keys it falls back to the defaults and says so.
+               path).
   bare         sentence-transformers + faiss.IndexFlatIP + CrossEncoder, no framework (see peers.py).
   langchain    langchain-community FAISS + HuggingFaceEmbeddings, RecursiveCharacterTextSplitter(1000, 200),
                ContextualCompressionRetriever(CrossEncoderReranker(HuggingFaceCrossEncoder)) (see peers.py).
@@ -34,7 +34,7 @@ Phases per pipeline (models loaded and warmed on a tiny index first, never timed
                (top-20 -> unique documents, keep 10), retrieve + rerank single, retrieve + rerank in batches of
                `--batch` (ours: search_batch; bare: one encode/search/predict; langchain, llama-index: a loop).
                recall@10 and MRR@10 at document level (a chunk counts for its parent document).
-  Ours: `clear_caches()` (when the Retriever has it) before every timed phase, so every number is cold work.
+  Ours: `clear_caches()` before every timed phase, so every number is cold work.
 Output: one table, a targets block, and every raw number in benchmarks/results/speed.json.
 """
 from __future__ import annotations
@@ -153,16 +153,12 @@ class OursPipeline:
     @staticmethod
     def _config(variant: str):
         from retriever import RetrieverConfig
-        from retriever.errors import ConfigError
 
         base = RetrieverConfig()
         if variant == "ours":
             return base, "shipped defaults (RetrieverConfig())"
-        try:
-            return (base.replace(embedding={"backend": "torch"}, rerank={"backend": "torch"}),
-                    'defaults + [embedding] backend = "torch", [rerank] backend = "torch"')
-        except ConfigError as e:
-            return base, f"FALLBACK to the defaults: the config has no backend keys yet ({e})"
+        return (base.replace(embedding={"backend": "torch"}, rerank={"backend": "torch"}),
+                'defaults + [embedding] backend = "torch", [rerank] backend = "torch"')
 
     def prepare(self) -> None:
         """Untimed, before each timed `build`: a fresh empty index directory sharing the loaded models."""
@@ -182,7 +178,7 @@ class OursPipeline:
 
     def clear_caches(self) -> None:
         for r in (self.warm, self.r):
-            if r is not None and hasattr(r, "clear_caches"):
+            if r is not None:
                 r.clear_caches()
 
     @staticmethod
@@ -202,7 +198,7 @@ class OursPipeline:
         up = getattr(self, "last_upsert", None)
         cfg = self.config.to_dict()
         return {"config": self.config_note, "vectors": up.vectors if up else None,
-                "chunked_docs": up.chunked if up else None, "has_clear_caches": hasattr(self.r or self.warm, "clear_caches"),
+                "chunked_docs": up.chunked if up else None,
                 **{k: cfg.get(k) for k in ("embedding", "rerank", "chunking", "runtime")}}
 
     def close(self) -> None:
@@ -444,7 +440,7 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def targets(nums: dict[str, dict], notes: dict[str, str]) -> dict:
+def targets(nums: dict[str, dict]) -> dict:
     out: dict = {}
     ours = nums.get("ours")
     peers = {k: v for k, v in nums.items() if k in PEERS and v.get("rr_p95") is not None}
@@ -463,7 +459,7 @@ def targets(nums: dict[str, dict], notes: dict[str, str]) -> dict:
         r = ratio(ours["ingest_dps"], bare["ingest_dps"])
         d = (ours["ingest_recall"] - fp32["ingest_recall"]) if fp32 and fp32.get("ingest_recall") is not None else None
         out["ingest"] = {"ours_dps": ours["ingest_dps"], "bare_dps": bare["ingest_dps"], "ratio": r,
-                         "recall_delta_vs_ours_fp32": d, "fp32_note": notes.get("ours-fp32"),
+                         "recall_delta_vs_ours_fp32": d,
                          "pass": r >= 2 and d is not None and d >= -0.01}
     if ours and bare and ours.get("ret_p50") is not None and bare.get("ret_p50") is not None:
         r50, r95 = ratio(ours["ret_p50"], bare["ret_p50"]), ratio(ours["ret_p95"], bare["ret_p95"])
@@ -526,8 +522,6 @@ def print_report(results: dict, tg: dict, args) -> None:
         print(f"  {'PASS' if t['pass'] else 'MISS'}  ours ingest / bare ingest = {t['ours_dps']:.1f} / {t['bare_dps']:.1f} "
               f"docs/s = {t['ratio']:.2f}x (target >= 2); 5k recall@10 ours - ours-fp32 = "
               f"{'-' if d is None else f'{d:+.4f}'} (target >= -0.01)")
-        if t.get("fp32_note") and "FALLBACK" in t["fp32_note"]:
-            print("        note: ours-fp32 ran the defaults (no backend keys yet), so the recall delta compares a path with itself")
     else:
         print("  ----  ingest vs bare: needs ours, bare and the ingest phase")
     t = tg.get("retrieve")
@@ -545,8 +539,7 @@ def run_parent(args) -> None:
         sys.exit(f"unknown pipeline(s) {unknown}; choose from {ALL}")
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     results = {n: run_one(n, args) for n in names}
-    notes = {n: r.get("config") for n, r in results.items()}
-    tg = targets({n: row_numbers(r) for n, r in results.items() if "queries" in r}, notes)
+    tg = targets({n: row_numbers(r) for n, r in results.items() if "queries" in r})
     report = {"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "settings": {"embedder": EMBEDDER, "reranker": RERANKER, "top_k": TOP_K, "keep": KEEP,
                            "torch_threads": THREADS, "docs": args.docs, "queries": args.queries, "batch": args.batch,

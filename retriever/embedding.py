@@ -66,8 +66,7 @@ class Embedder:
 
         m = OnnxSentenceEncoder(exported_sentence_encoder(path, cache_dir(), self.name))
         if self._max_seq_length:
-            m.max_seq_length = min(self._max_seq_length, m.max_seq_length)
-            m.set_max_length(m.max_seq_length)
+            m.set_max_length(self._max_seq_length)
         return m
 
     def _construct(self, path: str):

@@ -52,7 +52,11 @@ def _tokenizer(path: Path, max_length: int):
     return tok
 
 
-def _feed(session, encodings, pad_id: int = 0) -> dict:
+def _input_names(session) -> tuple[str, ...]:
+    return tuple(i.name for i in session.get_inputs())
+
+
+def _feed(inputs: tuple[str, ...], encodings, pad_id: int = 0) -> dict:
     """input_ids / attention_mask / token_type_ids of a batch, padded to its longest member."""
     n, width = len(encodings), max(len(e.ids) for e in encodings)
     ids = np.full((n, width), pad_id, dtype=np.int64)
@@ -62,7 +66,7 @@ def _feed(session, encodings, pad_id: int = 0) -> dict:
         L = len(e.ids)
         ids[row, :L], mask[row, :L], types[row, :L] = e.ids, 1, e.type_ids
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return {i.name: feed[i.name] for i in session.get_inputs()}
+    return {name: feed[name] for name in inputs}
 
 
 def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -88,6 +92,7 @@ class OnnxCrossEncoder:
         self.model_file = Path(model_file)
         self.max_length = max_length
         self.session = _session(self.model_file)
+        self._inputs = _input_names(self.session)
         self.tokenizer = _tokenizer(Path(tokenizer_file), max_length)
         outputs = self.session.get_outputs()
         if len(outputs) != 1 or (outputs[0].shape and outputs[0].shape[-1] not in (1, None, "")):
@@ -98,7 +103,7 @@ class OnnxCrossEncoder:
         return self.tokenizer.encode_batch([(q, p) for q, p in pairs])
 
     def predict_encoded(self, encodings) -> np.ndarray:
-        logits = self.session.run(None, _feed(self.session, encodings))[0]
+        logits = self.session.run(None, _feed(self._inputs, encodings))[0]
         logits = np.asarray(logits, dtype=np.float64).reshape(len(encodings), -1)[:, 0]
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
@@ -124,6 +129,7 @@ class OnnxSentenceEncoder:
         self.dim = int(meta["dim"])
         self.max_seq_length = int(meta["max_seq_length"])
         self.session = _session(self.folder / "model.onnx")
+        self._inputs = _input_names(self.session)
         self._tok = _tokenizer(self.folder / "tokenizer.json", self.max_seq_length)
         self._hf_tokenizer = None
         self._lock = threading.Lock()
@@ -132,7 +138,9 @@ class OnnxSentenceEncoder:
         return self.dim
 
     def set_max_length(self, n: int) -> None:
-        self._tok.enable_truncation(max_length=n)
+        """Truncate texts to n tokens (at most the exported model's own max_seq_length)."""
+        self.max_seq_length = min(n, self.max_seq_length)
+        self._tok.enable_truncation(max_length=self.max_seq_length)
 
     @property
     def tokenizer(self):
@@ -151,7 +159,7 @@ class OnnxSentenceEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for chunk in _batches_by_length([len(e.ids) for e in enc], batch_size):
             batch = [enc[i] for i in chunk]
-            hidden = self.session.run(None, _feed(self.session, batch))[0]
+            hidden = self.session.run(None, _feed(self._inputs, batch))[0]
             mask = np.zeros(hidden.shape[:2] + (1,), dtype=np.float32)
             for row, e in enumerate(batch):
                 mask[row, :len(e.ids)] = 1.0

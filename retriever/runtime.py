@@ -49,16 +49,10 @@ def configure_from(rt) -> dict[str, int]:
     return configure(rt.torch_threads, rt.faiss_threads, rt.onnx_threads, rt.blas_threads)
 
 
-_blas_limiter = None
-
-
 def _set_blas(n: int) -> None:
-    global _blas_limiter
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return
-    _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")  # applies process-wide at once; nothing to restore later
 
 
 def onnx_threads() -> int:
@@ -82,14 +76,11 @@ def current() -> dict:
     import faiss
 
     out = {"cores": cores(), "faiss_threads": faiss.omp_get_max_threads(), "onnx_threads": onnx_threads()}
-    try:
-        from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info
 
-        blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-        if blas:
-            out["blas_threads"] = max(blas)
-    except ImportError:  # pragma: no cover
-        pass
+    blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    if blas:
+        out["blas_threads"] = max(blas)
     if "torch" in sys.modules:
         import torch
 
