@@ -533,6 +533,29 @@ class Retriever:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # public faces for the modules around the facade (server, evaluation, benchmarks); reads only
+    @property
+    def manifest(self):
+        """The typed manifest of the generation this object has open."""
+        from .manifest import Manifest
+
+        return Manifest.from_dict(self._manifest)
+
+    @property
+    def stored_config(self) -> RetrieverConfig:
+        """The settings stored with the index (what `open` without a config would use)."""
+        return RetrieverConfig.from_dict(self._manifest["config"])
+
+    @property
+    def store(self) -> Store:
+        """The DuckDB store (the source of truth). Read from it; write through upsert/delete."""
+        return self._store
+
+    @property
+    def vector_index(self) -> VectorIndex:
+        """The FAISS index derived from the store."""
+        return self._index
+
     @property
     def generation(self) -> int:
         """The index generation this object reads and writes (see `persistence`)."""
