@@ -13,6 +13,11 @@ MAX_ID_LENGTH = 512
 CHUNK_SEPARATOR = "#chunk-"
 
 
+def document_id(row_id: str, metadata: dict[str, Any]) -> str:
+    """The user's document id of a stored row: a chunk (``"{parent}#chunk-{i}"``) belongs to its parent."""
+    return metadata.get("parent_id", row_id) if CHUNK_SEPARATOR in row_id else row_id
+
+
 @dataclass(frozen=True)
 class Document:
     """One record to index. `id` is the user's unique string id; `metadata` must be JSON-serializable."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .documents import document_id
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -17,6 +19,11 @@ class Hit:
     score: float
     retrieval_score: float
     rerank_score: float | None = None
+
+    @property
+    def document_id(self) -> str:
+        """The document this hit belongs to: its own id, or its parent's for a chunk."""
+        return document_id(self.id, self.metadata)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
