@@ -10,19 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from .documents import Document
 from .errors import RetrieverError
-
-
-@dataclass(frozen=True)
-class LabeledQuery:
-    id: str
-    query: str
-    relevant: tuple[str, ...]
-    category: str
+from .evaluation.queries import LabeledQuery
 
 
 def fitz_gov_dir() -> Path:
@@ -57,7 +49,7 @@ def fitz_gov_queries() -> list[LabeledQuery]:
     for category, items in data["mappings"].items():
         for qid, item in items.items():
             if item.get("relevant_docs"):
-                out.append(LabeledQuery(qid, item["query"], tuple(item["relevant_docs"]), category))
+                out.append(LabeledQuery(qid, item["query"], dict.fromkeys(item["relevant_docs"], 1.0), category))
     return sorted(out, key=lambda q: q.id)
 
 

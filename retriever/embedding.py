@@ -1,19 +1,17 @@
 """`Embedder`: a bi-encoder, batched, L2-normalized float32, with a fingerprint.
 
-Two backends: "onnx" (the model exported once to int8 ONNX, run by onnxruntime: the fast path) and "torch"
-(sentence-transformers, the reference; any model). torch and sentence-transformers are imported on first use
-of the torch path (and once, to export, the first time a model runs on the onnx path), never on import.
+Two backends (`retriever.backends`): "onnx" (the model exported once to int8 ONNX, run by onnxruntime: the fast
+path) and "torch" (sentence-transformers, the reference; any model). torch and sentence-transformers are imported
+on first use of the torch path (and once, to export, the first time a model runs on the onnx path), never on
+import. Backends return raw pooled rows; `encode` normalizes them, once.
 """
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
 import numpy as np
 
-from . import runtime
-from .errors import InputError
-from .models import cache_dir, load_model, resolve_embedder
+from .backends import ENCODERS, EncoderBackend, LazyBackend, backend_class
 from .vectors import as_unit_vectors
 
 # Fixed texts whose embeddings identify a model's weights: the same name behind other weights shows here.
@@ -24,24 +22,19 @@ FINGERPRINT_PROBES = (
 )
 FINGERPRINT_MIN_COSINE = 0.999
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = tuple(ENCODERS)
 
 
 class Embedder:
     def __init__(self, model: str, *, backend: str = "onnx", batch_size: int = 32, device: str = "cpu",
                  max_seq_length: int | None = None):
-        if backend not in BACKENDS:
-            raise InputError(f"embedding backend {backend!r} is not one of {', '.join(BACKENDS)}")
-        if backend == "onnx" and device != "cpu":
-            raise InputError(f"embedding.backend = 'onnx' runs on the CPU; with device = {device!r} use "
-                             f"embedding.backend = 'torch'")
+        cls = backend_class("embedding", backend)
+        cls.check_device(device)
         self.name = model
         self.backend = backend
         self.batch_size = batch_size
         self.device = device
-        self._max_seq_length = max_seq_length
-        self._model = None
-        self._lock = threading.Lock()
+        self._loader = LazyBackend(cls, model, device=device, max_seq_length=max_seq_length)
 
     @classmethod
     def from_config(cls, cfg) -> "Embedder":
@@ -50,44 +43,25 @@ class Embedder:
                    max_seq_length=cfg.max_seq_length)
 
     @property
+    def _backend(self) -> EncoderBackend:
+        return self._loader.get()  # loads on first use
+
+    @property
     def model(self):
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    onnx = self.backend == "onnx"
-                    self._model = load_model("embedding", self.name, resolve_embedder,
-                                             self._construct_onnx if onnx else self._construct,
-                                             (self.backend, self.device, self._max_seq_length),
-                                             "builtin:all-MiniLM-L6-v2", torch=not onnx)
-        return self._model
-
-    def _construct_onnx(self, path: str):
-        from .onnx_models import OnnxSentenceEncoder, exported_sentence_encoder
-
-        m = OnnxSentenceEncoder(exported_sentence_encoder(path, cache_dir(), self.name))
-        if self._max_seq_length:
-            m.set_max_length(self._max_seq_length)
-        return m
-
-    def _construct(self, path: str):
-        from sentence_transformers import SentenceTransformer
-
-        m = SentenceTransformer(path, device=self.device)
-        if self._max_seq_length:
-            m.max_seq_length = self._max_seq_length
-        return m.eval()
+        """The loaded library model (an `OnnxSentenceEncoder` or a `SentenceTransformer`)."""
+        return self._backend.model
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        return self._backend.dim
 
     @property
     def max_seq_length(self) -> int:
-        return int(self.model.max_seq_length)
+        return self._backend.max_seq_length
 
     @property
     def tokenizer(self):
-        return self.model.tokenizer
+        return self._backend.tokenizer
 
     def max_content_tokens(self) -> int:
         """Tokens of text that fit one sequence once the special tokens ([CLS], [SEP]) are added."""
@@ -99,18 +73,12 @@ class Embedder:
         return [tuple(span) for span in enc["offset_mapping"]]
 
     def encode(self, texts: Sequence[str], *, show_progress_bar: bool = False) -> np.ndarray:
-        """(n, dim) float32, every row of unit length."""
+        """(n, dim) float32, every row of unit length (normalized here, the one place; a non-finite or zero row
+        from the model is an InputError)."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        model = self.model  # loads on first use
-        if self.backend == "torch":
-            import torch
-
-            runtime.prepare_thread()
-            no_grad = torch.inference_mode
-        else:
-            from contextlib import nullcontext as no_grad
+        backend = self._backend
         # longest first over the whole input (sentence-transformers only sorts within one call), so batches
         # carry little padding even though the progress bar feeds it slices
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -123,24 +91,24 @@ class Embedder:
             bar = tqdm(total=len(texts), unit="text", desc="embed", leave=True)
         parts = []
         try:
-            with no_grad():
+            with backend.running():
                 for i in range(0, len(texts), step):
-                    parts.append(model.encode(texts[i:i + step], batch_size=self.batch_size, convert_to_numpy=True,
-                                                   normalize_embeddings=True, show_progress_bar=False))
+                    parts.append(backend.encode(texts[i:i + step], self.batch_size))
                     if bar is not None:
                         bar.update(len(parts[-1]))
         finally:
             if bar is not None:
                 bar.close()
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = np.empty((len(texts), backend.dim), dtype=np.float32)
         out[order] = np.concatenate(parts)
-        return as_unit_vectors(out, self.dim, what="embeddings from the model")
+        return as_unit_vectors(out, backend.dim, what="embeddings from the model")
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Like `encode`, but on the onnx backend one text per run: dynamic int8 quantizes activations with one
-        scale per batch, so a query's vector would depend on the queries batched with it (and search would
-        disagree with search_batch). Queries are short, so this costs little; documents are batched for speed."""
-        if self.backend != "onnx" or len(texts) <= 1:
+        """Like `encode`, but one text per run on a backend whose vectors depend on their batch (onnx: dynamic
+        int8 quantizes activations with one scale per batch, so a query's vector would depend on the queries
+        batched with it, and search would disagree with search_batch). Queries are short, so this costs little;
+        documents are batched for speed."""
+        if self._loader.cls.batch_invariant or len(texts) <= 1:
             return self.encode(texts)
         return np.concatenate([self.encode([t]) for t in texts])
 

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .config import RetrieverConfig
+from .errors import IndexMismatchError, InputError
 from .persistence import FORMAT_VERSION, MANIFEST, read_manifest, write_json_atomic
 
 # the keys this type names; any other top-level key (e.g. `reembedded_at`) is kept in `extra`
@@ -118,3 +120,49 @@ class Manifest:
     def new(cls, config_dict: dict, embedder: dict, generation: int, index: dict) -> "Manifest":
         return cls(FORMAT_VERSION, generation, now(), config_dict, embedder, index,
                    {"documents": 0, "vectors": 0})
+
+
+# index settings that shape the built index; changing one is a rebuild (the rest are search-time settings)
+BUILD_SETTINGS = ("kind", "hnsw_m", "ef_construction", "nlist", "pq_m", "pq_nbits", "opq", "train_sample",
+                  "memory_budget_mb")
+
+
+def open_config(root: Path, manifest: Manifest, config: RetrieverConfig | None,
+                overrides: dict | None = None) -> RetrieverConfig:
+    """The settings to open `manifest` with: the stored ones, changed by `overrides`, or `config` checked against
+    them (a different model, embedding backend or build setting is refused with the command that fixes it)."""
+    stored = RetrieverConfig.from_dict(manifest.config, source=str(root / MANIFEST))
+    embedded_by = manifest.embedded_by
+    if stored.embedding.backend != embedded_by:
+        stored = stored.replace(embedding={"backend": embedded_by})
+    if config is not None and overrides:
+        raise InputError("pass either config or overrides to Retriever.open, not both")
+    if overrides:
+        if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+            raise InputError('overrides must map section names to settings, e.g. {"rerank": {"budget_ms": 500}}')
+        config = stored.replace(**overrides)
+    if config is None:
+        return stored
+    if not isinstance(config, RetrieverConfig):
+        raise InputError(f"config must be a RetrieverConfig, got {type(config).__name__}")
+    if config.embedding.model != stored.embedding.model:
+        raise IndexMismatchError(
+            f"{root} was embedded with {stored.embedding.model!r}, not {config.embedding.model!r}; "
+            f"open it with embedding.model = {stored.embedding.model!r}, or re-embed it: "
+            f"`retriever reembed {root} --model {config.embedding.model}`"
+        )
+    if config.embedding.backend != embedded_by:
+        raise IndexMismatchError(
+            f"{root} was embedded by the {embedded_by!r} backend, not {config.embedding.backend!r}: their vectors "
+            f"differ slightly and must not mix; open it with embedding.backend = {embedded_by!r}, or re-embed it: "
+            f"`retriever reembed {root} --model {stored.embedding.model} --backend {config.embedding.backend}`"
+        )
+    for key in BUILD_SETTINGS:
+        want, have = getattr(config.index, key), getattr(stored.index, key)
+        if want != have:
+            raise InputError(
+                f"{root} was built with index.{key} = {have!r}, not {want!r}; open it with index.{key} = "
+                f"{have!r}, or change the index: `retriever rebuild {root} --set {key}={want}` "
+                f"(search-time settings such as nprobe and ef_search may differ freely)"
+            )
+    return config

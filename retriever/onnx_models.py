@@ -118,8 +118,8 @@ class OnnxCrossEncoder:
 # ------------------------------------------------------------------------------------------- bi-encoder
 class OnnxSentenceEncoder:
     """A sentence-transformers bi-encoder exported by `export_sentence_encoder`: the transformer in int8 ONNX,
-    the pooling (cls, mean, max) and normalization in numpy. Mirrors the SentenceTransformer methods the Embedder
-    uses (`encode`, `get_embedding_dimension`, `max_seq_length`, `tokenizer` for chunking)."""
+    the pooling (cls, mean, max) in numpy. Mirrors the SentenceTransformer face the Embedder's backend uses
+    (`encode`, `get_embedding_dimension`, `max_seq_length`, `tokenizer` for chunking)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -153,8 +153,9 @@ class OnnxSentenceEncoder:
                     self._hf_tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.folder / "hf-tokenizer"))
         return self._hf_tokenizer
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
-               **_ignored) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False) -> np.ndarray:
+        """(n, dim) float32 pooled rows, L2-normalized only if `normalize_embeddings` (the Embedder takes them raw
+        and normalizes once itself; `self.normalize` records whether the source model ended in Normalize)."""
         enc = self._tok.encode_batch(list(texts))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for chunk in _batches_by_length([len(e.ids) for e in enc], batch_size):
@@ -164,7 +165,7 @@ class OnnxSentenceEncoder:
             for row, e in enumerate(batch):
                 mask[row, :len(e.ids)] = 1.0
             out[chunk] = np.concatenate([_pool(mode, hidden, mask) for mode in self.pooling], axis=1)
-        if normalize_embeddings or self.normalize:
+        if normalize_embeddings:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 

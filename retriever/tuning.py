@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from .errors import InputError
+from .inputs import check_k
+from .knn import exact_topk, knn_intersection
 
 HNSW_EF = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 PQ_RESCORE = (1, 2, 4, 8, 16, 32)
@@ -82,78 +84,65 @@ def _grid(index, k: int) -> list[list[dict[str, int]]]:
     return []
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
-            for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 1.0
+Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # CandidateSearch.search
 
 
-def _measure(r, q: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, float, float]:
+def _measure(search: Search, q: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, float, float]:
     t0 = time.perf_counter()
-    _, found = r._ann(q, k, None, fallback=False, **params)
+    _, found = search(q, k, None, fallback=False, **params)
     batch_qps = len(q) / max(time.perf_counter() - t0, 1e-9)
     times = []
     for row in q[:SINGLE_QUERIES]:
         t0 = time.perf_counter()
-        r._ann(row[None, :], k, None, fallback=False, **params)
+        search(row[None, :], k, None, fallback=False, **params)
         times.append((time.perf_counter() - t0) * 1000)
     return found, float(np.median(times)), batch_qps
 
 
-def _exact_top(vecs: np.ndarray, vids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    out = np.empty((len(q), min(k, len(vids))), np.int64)
-    for s in range(0, len(q), 256):
-        sims = q[s:s + 256] @ vecs.T
-        top = np.argpartition(-sims, out.shape[1] - 1, axis=1)[:, :out.shape[1]]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        out[s:s + 256] = vids[np.take_along_axis(top, order, axis=1)]
-    return out
-
-
-def tune(r, target_recall: float = 0.95, k: int = 10, sample: int = 1000,
-         queries: Sequence[str] | None = None, seed: int = 0) -> TuneReport:
-    """Explore the search settings of `r`'s index in increasing cost and pick the cheapest reaching the target
-    (on both query sets). Does not store anything: :meth:`Retriever.tune` does."""
+def tune(search: Search, store, index, target_recall: float = 0.95, k: int = 10, sample: int = 1000,
+         query_vectors: np.ndarray | None = None, seed: int = 0) -> TuneReport:
+    """Explore the search settings of `index` in increasing cost through `search` (a CandidateSearch's) and pick
+    the cheapest reaching the target on the sample of `store`'s vectors (and on `query_vectors`, labeled queries
+    already embedded, when given). Stores nothing: :meth:`Retriever.tune` does."""
     if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float)) or not 0 < target_recall <= 1:
         raise InputError(f"target recall = {target_recall!r} must be a number in (0, 1], e.g. 0.95")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
-        raise InputError(f"k = {k!r} must be an integer between 1 and 1000")
+    k = check_k(k)
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise InputError(f"sample = {sample!r} must be a positive number of stored vectors to use as queries")
     t_start = time.perf_counter()
-    vids, vecs = r._store.vectors()
+    vids, vecs = store.vectors()
     if len(vids) < 2:
-        raise InputError(f"{r.path} holds {len(vids)} vectors; add documents before tuning")
-    index = r._index
+        raise InputError(f"the index holds {len(vids)} vectors; add documents before tuning")
     n_sample = min(sample, len(vids))
     pick = np.sort(np.random.default_rng(seed).choice(len(vids), n_sample, replace=False))
     q_sample = vecs[pick]
-    q_labeled = r._embedder().encode(list(queries)) if queries else np.zeros((0, vecs.shape[1]), np.float32)
-    truth = _exact_top(vecs, vids, q_sample, k)
-    truth_l = _exact_top(vecs, vids, q_labeled, k) if len(q_labeled) else None
-    report = TuneReport(index.kind, k, float(target_recall), len(vids), n_sample, len(q_labeled))
+    q_labeled = query_vectors if query_vectors is not None and len(query_vectors) else None
+    truth = exact_topk(q_sample, vecs, vids, k)[1]
+    truth_l = exact_topk(q_labeled, vecs, vids, k)[1] if q_labeled is not None else None
+    report = TuneReport(index.kind, k, float(target_recall), len(vids), n_sample,
+                        0 if q_labeled is None else len(q_labeled))
+
+    def row(params: dict[str, int]) -> TuneRow:
+        found, p50, qps = _measure(search, q_sample, k, params)
+        rec_l = None
+        if q_labeled is not None:
+            rec_l = knn_intersection(search(q_labeled, k, None, fallback=False, **params)[1], truth_l)
+        return TuneRow(params, knn_intersection(found, truth), rec_l, p50, qps)
+
     ladders = _grid(index, k)
     if not ladders:
-        found, p50, qps = _measure(r, q_sample, k, {})
-        row = TuneRow({}, _recall(found, truth), _recall(r._ann(q_labeled, k, None, fallback=False)[1], truth_l)
-                      if truth_l is not None else None, p50, qps)
-        report.rows.append(row)
-        report.chosen = row
+        report.chosen = row({})
+        report.rows.append(report.chosen)
         report.note = "a flat index is exact; nothing to tune"
         report.seconds = time.perf_counter() - t_start
         return report
     best: list[TuneRow] = []
     for ladder in ladders:
         for params in ladder:
-            found, p50, qps = _measure(r, q_sample, k, params)
-            rec = _recall(found, truth)
-            rec_l = None
-            if truth_l is not None:
-                rec_l = _recall(r._ann(q_labeled, k, None, fallback=False, **params)[1], truth_l)
-            row = TuneRow(params, rec, rec_l, p50, qps)
-            report.rows.append(row)
-            if rec >= target_recall and (rec_l is None or rec_l >= target_recall):
-                best.append(row)  # the first that reaches the target on this ladder: more costs more
+            r = row(params)
+            report.rows.append(r)
+            if r.recall >= target_recall and (r.recall_labeled is None or r.recall_labeled >= target_recall):
+                best.append(r)  # the first that reaches the target on this ladder: more costs more
                 break
     if best:
         # one ladder: its first setting to reach the target; PQ: the fastest of those across re-score depths

@@ -166,10 +166,12 @@ class VectorIndex:
         return {}
 
     def search(self, queries, k: int, allowed: np.ndarray | None = None, *, nprobe: int | None = None,
-               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               ef_search: int | None = None, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product. `allowed` restricts the search to those vids (FAISS IDSelector); masked
-        vids are never returned. Returns (scores, vids), each (nq, k); missing slots have vid -1."""
-        q = as_unit_vectors(queries, self.dim, what="query vectors")
+        vids are never returned. Returns (scores, vids), each (nq, k); missing slots have vid -1. `unit=True`:
+        the queries are already unit float32 rows of this dimension (an embedder's or the store's), so they are
+        not checked and normalized again."""
+        q = queries if unit else as_unit_vectors(queries, self.dim, what="query vectors")
         k = max(1, min(int(k), max(1, int(self.index.ntotal))))
         if allowed is not None:  # allowed vids come from DuckDB: never masked ones
             sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))

@@ -51,10 +51,10 @@ def test_k_larger_than_the_corpus_returns_everything(small_index):
     ],
 )
 def test_bad_documents_are_refused_and_nothing_changes(small_index, docs, words):
-    before = (len(small_index), small_index._store.last_seq())
+    before = (len(small_index), small_index.store.last_seq())
     with pytest.raises(InputError, match=words):
         small_index.upsert(docs)
-    assert (len(small_index), small_index._store.last_seq()) == before
+    assert (len(small_index), small_index.store.last_seq()) == before
 
 
 @pytest.mark.real

@@ -79,8 +79,8 @@ def test_retrieval_score_is_the_cosine_of_the_real_embeddings(corpus_index):
     q = r.embedder.encode_queries([query])[0]
     assert q.dtype == np.float32 and abs(np.linalg.norm(q) - 1) < 1e-5
     for h in hits:
-        vid = r._store.get(h.id).vid
-        _, stored = r._store.vectors([vid])
+        vid = r.store.get(h.id).vid
+        _, stored = r.store.vectors([vid])
         assert h.retrieval_score == pytest.approx(float(q @ stored[0]), abs=1e-4)
         # and the stored vector is the model's embedding of the stored text (the onnx path embeds documents in
         # batches, whose shared int8 activation scale moves a vector by well under 0.01 of cosine)
@@ -94,9 +94,9 @@ def test_retrieval_score_is_the_cosine_of_the_real_embeddings(corpus_index):
 @pytest.mark.real
 def test_search_agrees_with_numpy_over_the_stored_vectors(corpus_index):
     r = corpus_index
-    vids, mat = r._store.vectors()
+    vids, mat = r.store.vectors()
     np.testing.assert_allclose(np.linalg.norm(mat, axis=1), 1, atol=1e-5)
-    rows = r._store.fetch(vids.tolist())
+    rows = r.store.fetch(vids.tolist())
     for query in ["vaccine effectiveness", "how to reset my password", "quarterly revenue"]:
         q = r.embedder.encode([query])[0]
         sims = mat @ q

@@ -111,7 +111,7 @@ def test_chunks_count_for_their_parent_once_and_absent_ids_are_reported(tiny, tm
     q.write_text(json.dumps({"id": "t", "query": "turbine blade inspection schedule", "relevant": ["manual"]}) + "\n"
                  + json.dumps({"id": "f", "query": "capital of France", "relevant": ["paris", "lyon"]}) + "\n")
     with Retriever.open(tiny, read_only=True) as r:
-        assert r._store.count() > 5  # the manual is stored as several chunks
+        assert r.store.count() > 5  # the manual is stored as several chunks
         rep = evaluate(r, load_queries(q), ks=(1, 3, 10), concurrency=2, concurrent_queries=2)
     t = rep["per_query"]["t"]
     assert t["results"][0] == "manual" and t["results"].count("manual") == 1

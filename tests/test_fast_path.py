@@ -147,7 +147,7 @@ def test_an_index_embedded_by_torch_is_never_searched_with_onnx_vectors(torch_in
     with Retriever.open(path) as r:  # the stored config: torch
         assert r.stats()["embedding_backend"] == "torch"
         assert r.search("capital of France", k=1, rerank=False)[0].id == "paris"
-        torch_ids, torch_vecs = r._store.ids_and_vectors()
+        torch_ids, torch_vecs = r.store.ids_and_vectors()
         out = r.reembed(DEFAULT_EMBEDDING_MODEL, backend="onnx")
         assert out["backend"] == "onnx" and out["vectors"] == len(DOCS)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -156,7 +156,7 @@ def test_an_index_embedded_by_torch_is_never_searched_with_onnx_vectors(torch_in
         assert r.stats()["embedding_backend"] == "onnx" and r.verify().ok
         assert r.search("capital of France", k=1, rerank=False)[0].id == "paris"
         assert r.search("potassium", k=1, rerank=False)[0].id == "banana"
-        ids, vecs = r._store.ids_and_vectors()
+        ids, vecs = r.store.ids_and_vectors()
         by_id = {i: v for i, v in zip(torch_ids, torch_vecs)}
         fresh = Embedder(DEFAULT_EMBEDDING_MODEL, backend="onnx").encode([r.get(i).text for i in ids])
         # the stored vectors are the onnx embedder's, not the torch ones relabeled
@@ -193,7 +193,7 @@ def test_query_cache_hits_and_never_aliases_the_cached_vector(make_index, monkey
     assert [(h.id, h.score) for h in second[0]] == [(h.id, h.score) for h in first[0]]
     assert np.array_equal(t1["query_vectors"], t2["query_vectors"])
 
-    (cached,) = r._query_cache._data.values()
+    (cached,) = r.searcher.query_cache._data.values()
     assert not cached.flags.writeable
     kept = cached.copy()
     for t in (t1, t2):  # the vectors handed out are copies: scribbling on them changes nothing later
@@ -227,15 +227,15 @@ def test_rerank_cache_serves_repeated_searches_without_the_model(make_index, mon
 def test_upsert_and_delete_drop_the_scores_of_removed_vids(make_index, monkeypatch):
     r = make_index()
     r.search(FRANCE, k=5)  # every document is a candidate: five scores cached
-    old = {i: r._store.get(i).vid for i in ("paris", "berlin")}
-    assert set(old.values()) <= set(r._score_cache._by_vid) and len(r._score_cache) == 5
+    old = {i: r.store.get(i).vid for i in ("paris", "berlin")}
+    assert set(old.values()) <= set(r.searcher.score_cache._by_vid) and len(r.searcher.score_cache) == 5
 
     new_text = "Paris, on the Seine, has been the capital of France for centuries."
     r.upsert([Document("paris", new_text, {"lang": "en", "year": 2024})])
     r.delete(["berlin"])
     assert r.cache_stats()["rerank_scores"]["entries"] == 3
-    assert not set(old.values()) & set(r._score_cache._by_vid)
-    assert r._store.get("paris").vid not in old.values()
+    assert not set(old.values()) & set(r.searcher.score_cache._by_vid)
+    assert r.store.get("paris").vid not in old.values()
 
     calls = record_pairs(monkeypatch, r)
     hits = r.search(FRANCE, k=5)
@@ -254,16 +254,16 @@ def test_caches_stay_within_their_bounds(make_index, monkeypatch):
     queries = [f"question {i}: which European city is a capital?" for i in range(12)]  # 5 candidates each
     for q in queries[:6]:
         r.search(q, k=5)
-        assert len(r._score_cache) <= 50
+        assert len(r.searcher.score_cache) <= 50
     r.search_batch(queries[6:], k=5)  # 30 more scores: 60 in all
     stats = r.cache_stats()
     assert stats["rerank_scores"]["entries"] == 50 and stats["rerank_scores"]["capacity"] == 50
-    assert sum(len(keys) for keys in r._score_cache._by_vid.values()) == 50  # the vid index follows evictions
+    assert sum(len(keys) for keys in r.searcher.score_cache._by_vid.values()) == 50  # the vid index follows evictions
     calls = record_pairs(monkeypatch, r)
     r.search(queries[-1], k=5)  # recent: still cached
     assert calls == []
     r.search(queries[0], k=5)  # least recently used: evicted
-    assert len(calls) == 1 and len(calls[0]) == 5 and len(r._score_cache) == 50
+    assert len(calls) == 1 and len(calls[0]) == 5 and len(r.searcher.score_cache) == 50
 
     encodes = record_encodes(monkeypatch, r)
     r.search(queries[0], k=1, rerank=False)
@@ -280,11 +280,11 @@ def test_reembed_clears_both_caches(make_index, small_docs, monkeypatch):
     r.search(FRANCE, k=5)
     stats = r.cache_stats()
     assert stats["query_embeddings"]["entries"] == 1 and stats["rerank_scores"]["entries"] == 5
-    vids_before = {i: r._store.get(i).vid for i in ("paris", "berlin")}
+    vids_before = {i: r.store.get(i).vid for i in ("paris", "berlin")}
     r.reembed(DEFAULT_EMBEDDING_MODEL)
     stats = r.cache_stats()
     assert stats["query_embeddings"]["entries"] == 0 and stats["rerank_scores"]["entries"] == 0
-    assert {i: r._store.get(i).vid for i in ("paris", "berlin")} != vids_before
+    assert {i: r.store.get(i).vid for i in ("paris", "berlin")} != vids_before
     calls = record_pairs(monkeypatch, r)
     hits = r.search(FRANCE, k=5)
     assert len(calls) == 1 and len(calls[0]) == 5
@@ -357,13 +357,13 @@ def test_rerank_budget_still_applies_on_the_onnx_path(make_index):
     r = make_index()
     r.search("capital of Germany", k=3)  # loads the model and measures the cost of a pair
     assert r.reranker.backend == "onnx" and r.reranker.pair_seconds > 0
-    entries = len(r._score_cache)
+    entries = len(r.searcher.score_cache)
     plain = r.search(FRANCE, k=5, rerank=False)
     hits, trace = r.search_traced([FRANCE], k=5, rerank_budget_ms=0.001)
     assert trace["rerank_timed_out"] is True and trace["reranked"] is False
     assert [h.id for h in hits[0]] == [h.id for h in plain]
     assert all(h.rerank_score is None and h.score == h.retrieval_score for h in hits[0])
-    assert len(r._score_cache) == entries  # nothing half-scored was cached
+    assert len(r.searcher.score_cache) == entries  # nothing half-scored was cached
     hits, trace = r.search_traced([FRANCE], k=5)  # no budget: reranked as usual
     assert trace["reranked"] is True and trace["rerank_timed_out"] is False
     assert all(h.rerank_score is not None for h in hits[0]) and hits[0][0].id == "paris"

@@ -96,7 +96,7 @@ def test_filtered_search_returns_min_k_matches_all_matching(corpus_index, thresh
     r.config = r.config.replace(index={"exact_filter_threshold": threshold})
     try:
         domains = {}
-        for row in r._store.fetch(r._store.vids().tolist()).values():
+        for row in r.store.fetch(r.store.vids().tolist()).values():
             domains[row.metadata.get("domain")] = domains.get(row.metadata.get("domain"), 0) + 1
         rare = min(domains, key=domains.get)  # fewer matches than k
         common = max(domains, key=domains.get)
@@ -116,11 +116,11 @@ def test_selector_and_exact_scan_agree(corpus_index):
     r = corpus_index
     f = {"$or": [{"domain": "science"}, {"tags": {"$contains": "genetics"}}, {"domain": {"$exists": False}}]}
     q = r.embedder.encode(["how cells make energy"])
-    allowed = r._allowed({"domain": {"$ne": "nothing"}})
-    s_sel, v_sel = r._index.search(q, 20, allowed)
+    allowed = r.store.filter_vids(*compile_filter({"domain": {"$ne": "nothing"}}))
+    s_sel, v_sel = r.vector_index.search(q, 20, allowed)
     r.config = r.config.replace(index={"exact_filter_threshold": 10**6})
     try:
-        s_ex, v_ex = r._ann(q, 20, allowed)
+        s_ex, v_ex = r.candidates.search(q, 20, allowed)
     finally:
         r.config = r.config.replace(index={"exact_filter_threshold": 2048})
     np.testing.assert_allclose(s_sel, s_ex, atol=1e-5)
@@ -140,9 +140,9 @@ def test_filtered_search_with_rerank_keeps_the_filter(corpus_index):
 @pytest.mark.real
 def test_injection_through_the_real_index_matches_nothing_and_changes_nothing(corpus_index):
     r = corpus_index
-    before = r._store.count()
+    before = r.store.count()
     for evil in ["biology' OR '1'='1", "x'); DELETE FROM documents; --", "' OR TRUE --"]:
         assert r.search("cells", k=5, filters={"domain": evil}, rerank=False) == []
         assert r.search("cells", k=5, filters={"domain": {"$in": [evil]}}, rerank=False) == []
-    assert r._store.count() == before
+    assert r.store.count() == before
     assert len(r.search("cells", k=5, filters={"domain": {"$nin": ["' OR TRUE --"]}}, rerank=False)) == 5

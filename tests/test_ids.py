@@ -7,7 +7,7 @@ from retriever import Document, InputError
 
 
 def _vid(r, doc_id):
-    return r._store.get(doc_id).vid
+    return r.store.get(doc_id).vid
 
 
 @pytest.mark.real
@@ -18,7 +18,7 @@ def test_upsert_replaces_and_the_old_vector_never_returns(small_index):
     assert (rep.added, rep.updated) == (0, 1)
     new_vid = _vid(r, "banana")
     assert new_vid > old_vid
-    assert old_vid not in r._index.ids()
+    assert old_vid not in r.vector_index.ids()
     hits = r.search("bananas potassium", k=10, rerank=False)
     assert len(hits) == 5 and len({h.id for h in hits}) == 5
     banana = next(h for h in hits if h.id == "banana")
@@ -30,7 +30,7 @@ def test_upsert_replaces_and_the_old_vector_never_returns(small_index):
 @pytest.mark.real
 def test_vids_are_never_reused_after_delete_and_reopen(small_index, tmp_path):
     r = small_index
-    seen = set(r._index.ids().tolist())
+    seen = set(r.vector_index.ids().tolist())
     r.delete(["python", "madrid"])
     r.save()
     path = r.path
@@ -39,7 +39,7 @@ def test_vids_are_never_reused_after_delete_and_reopen(small_index, tmp_path):
 
     r2 = Retriever.open(path)
     r2.upsert([Document("python", "Python is a snake."), Document("new", "A brand new document.")])
-    fresh = set(r2._index.ids().tolist()) - seen
+    fresh = set(r2.vector_index.ids().tolist()) - seen
     assert fresh and min(fresh) > max(seen)
     r2.close()
 
@@ -59,8 +59,8 @@ def test_delete_removes_from_results_immediately(small_index):
 @pytest.mark.real
 def test_a_batch_with_one_bad_record_changes_nothing(small_index):
     r = small_index
-    before_ids = np.sort(r._index.ids())
-    before_seq = r._store.last_seq()
+    before_ids = np.sort(r.vector_index.ids())
+    before_seq = r.store.last_seq()
     before_text = r.get("paris").text
     batch = [
         Document("paris", "Paris was replaced."),
@@ -73,8 +73,8 @@ def test_a_batch_with_one_bad_record_changes_nothing(small_index):
         r.upsert([Document("x", "one"), Document("x", "two")])
     with pytest.raises(InputError, match="strings"):
         r.upsert([Document("y", "ok"), Document(42, "int id")])
-    assert np.array_equal(np.sort(r._index.ids()), before_ids)
-    assert r._store.last_seq() == before_seq
+    assert np.array_equal(np.sort(r.vector_index.ids()), before_ids)
+    assert r.store.last_seq() == before_seq
     assert r.get("paris").text == before_text and r.get("brand-new") is None and r.get("y") is None
 
 
@@ -98,4 +98,4 @@ def test_long_documents_become_chunks_that_know_their_parent(small_index):
     assert r.get("long#chunk-0") is None and r.get("long").text == "Now it is short."
     r.upsert([Document("long", long_text)])
     r.delete(["long"])
-    assert r.get("long#chunk-0") is None and len(r) == 5 and len(r._index) == 5
+    assert r.get("long#chunk-0") is None and len(r) == 5 and len(r.vector_index) == 5

@@ -8,6 +8,7 @@ import pytest
 from retriever import Document, Retriever, RetrieverConfig
 from retriever.cli import main
 from retriever.errors import ConfigError
+from retriever.knn import exact_topk, knn_intersection
 from retriever.persistence import SNAPSHOT, generation_dir
 
 from conftest import copy_index
@@ -41,17 +42,15 @@ def kind_copy(built, request, tmp_path):
 
 
 def _exact(r, q, k, allowed=None):
-    vids, vecs = r._store.vectors(allowed)
-    sims = q @ vecs.T
-    return vids[np.argsort(-sims, axis=1, kind="stable")[:, :k]]
+    vids, vecs = r.store.vectors(allowed)
+    return exact_topk(q, vecs, vids, k)[1]
 
 
-def _recall(found, truth):
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
+_recall = knn_intersection
 
 
 def _sample_queries(r, n, seed):
-    vids, vecs = r._store.vectors()
+    vids, vecs = r.store.vectors()
     pick = np.random.default_rng(seed).choice(len(vids), n, replace=False)
     return vecs[pick]
 
@@ -61,7 +60,7 @@ def test_tune_reaches_the_target_and_every_later_open_uses_it(kind_copy):
     with Retriever.open(kind_copy) as r:
         kind = r.index_status()["kind"]
         q = _sample_queries(r, 200, seed=7)
-        before = _recall(r._ann(q, 10, None, fallback=False)[1], _exact(r, q, 10))
+        before = _recall(r.candidates.search(q, 10, None, fallback=False)[1], _exact(r, q, 10))
         report = r.tune(0.95, 10, sample=300)
     assert report.kind == kind and report.reached, report.table()
     assert report.chosen.recall >= 0.95
@@ -75,7 +74,7 @@ def test_tune_reaches_the_target_and_every_later_open_uses_it(kind_copy):
         assert status["mmapped"]
         # ... and meets the target on queries it was not tuned on (seeded, so this is not flaky)
         q = _sample_queries(r, 300, seed=0)
-        after = _recall(r._ann(q, 10, None, fallback=False)[1], _exact(r, q, 10))
+        after = _recall(r.candidates.search(q, 10, None, fallback=False)[1], _exact(r, q, 10))
     assert after >= 0.95, (kind, report.chosen.label, after)
 
 
@@ -86,7 +85,7 @@ def test_filtered_search_returns_min_k_matches_on_the_ann_path(kind_copy):
     with Retriever.open(kind_copy, cfg) as r:
         q = _sample_queries(r, 5, seed=3)
         for domain in ("technology", "medicine", "sports", "no-such-domain"):
-            allowed = r._store.filter_vids(*_compile({"domain": domain}))
+            allowed = r.store.filter_vids(*_compile({"domain": domain}))
             for k in (1, 10, 50):
                 for row in q:
                     hits = r.search_by_vector(row, k=k, filters={"domain": domain})
@@ -109,7 +108,7 @@ def _stored_config(path):
 def test_upsert_delete_and_reopen_behave_as_on_flat(kind_copy):
     with Retriever.open(kind_copy) as r:
         kind = r.index_status()["kind"]
-        ids = sorted(r._store.document_ids())[:20]
+        ids = sorted(r.store.document_ids())[:20]
         gone = ids[:10]
         texts = {i: r.get(i).text for i in gone if r.get(i) is not None}
         r.delete(gone)
@@ -136,13 +135,13 @@ def test_upsert_delete_and_reopen_behave_as_on_flat(kind_copy):
         r.rebuild()
         status = r.index_status()
         assert status["masked"] == 0 and status["kind"] == kind
-        assert np.array_equal(np.sort(r._index.ids()), r._store.vids())
+        assert np.array_equal(np.sort(r.vector_index.ids()), r.store.vids())
 
 
 def test_hnsw_masks_deleted_vectors_and_info_shows_the_share(built, tmp_path, capsys):
     path = copy_index(built["hnsw"], tmp_path / "index")
     with Retriever.open(path) as r:
-        r.delete(sorted(r._store.document_ids())[:300])
+        r.delete(sorted(r.store.document_ids())[:300])
         status = r.index_status()
         assert status["masked"] >= 300 and status["masked_share"] > 0.2
         assert any("compacts" in w for w in status["warnings"])
@@ -234,7 +233,7 @@ def test_cli_tune_prints_the_table_and_stores_the_choice(built, tmp_path, capsys
 def test_a_mostly_deleted_hnsw_graph_still_returns_k_live_hits(built, tmp_path):
     path = copy_index(built["hnsw"], tmp_path / "index")
     with Retriever.open(path) as r:
-        ids = sorted(r._store.document_ids())
+        ids = sorted(r.store.document_ids())
         r.delete(ids[:-12])  # ~99% of the graph is masked: a plain efSearch walk finds few live nodes
         q = _sample_queries(r, 5, seed=1) if len(r) else None
         live = set(ids[-12:])

@@ -82,7 +82,7 @@ def filter_index(small_index):
     from retriever import Document
 
     docs = [Document(d.id, d.text, {**d.metadata, "title": f"{d.id}: " + d.text[:40]})
-            for d in (small_index.get(i) for i in sorted(small_index._store.document_ids()))]
+            for d in (small_index.get(i) for i in sorted(small_index.store.document_ids()))]
     small_index.upsert(docs)
     return small_index
 
@@ -94,7 +94,7 @@ def test_each_operator_matches_the_same_filter_in_our_language(filter_index, li_
     got = [(n.node.node_id, n.score) for n in li.retrieve("a city in Europe")]
     want = [(h.id, h.score) for h in filter_index.search("a city in Europe", k=10, filters=ours, rerank=False)]
     assert got == want
-    assert len(got) == len(filter_index._store.filter_vids(*compile_filter(ours)))  # k exceeds the matches
+    assert len(got) == len(filter_index.store.filter_vids(*compile_filter(ours)))  # k exceeds the matches
 
 
 def test_and_or_not_and_nesting_translate_and_run(filter_index):
@@ -207,7 +207,7 @@ def test_retriever_evaluator_agrees_with_our_harness(tmp_path, fitz300, corpus_i
     """Hit rate and MRR from LlamaIndex's RetrieverEvaluator over our retriever equal our harness's numbers on
     the same queries. Documents that would be chunked are left out, so node ids are document ids for both."""
     docs, queries = fitz300
-    chunked = {r.metadata["parent_id"] for r in corpus_index._store.fetch(corpus_index._store.vids().tolist()).values()
+    chunked = {r.metadata["parent_id"] for r in corpus_index.store.fetch(corpus_index.store.vids().tolist()).values()
                if "#chunk-" in r.id}
     keep = [d for d in docs if d.id not in chunked]
     kept = {d.id for d in keep}

@@ -60,7 +60,7 @@ def test_rerank_false_and_disabled_never_load_the_cross_encoder(corpus_index, tm
 
     path = copy_index(corpus_index.path, tmp_path / "copy")
     with Retriever.open(path, read_only=True) as r:
-        r.reranker._model = None  # a fresh process-wide cache may hold it: this instance must not ask
+        r.reranker._loader.forget()  # a fresh process-wide cache may hold it: this instance must not ask
         hits = r.search("vaccine effectiveness", k=5, rerank=False)
         assert len(hits) == 5 and all(h.rerank_score is None for h in hits)
         assert not r.reranker.loaded

@@ -461,17 +461,17 @@ def test_internal_failure_is_500_with_the_request_id_and_loses_nothing(small_ind
     try:
         while not server.started:
             time.sleep(0.05)
-        real_fetch = small_index._store.fetch
+        real_fetch = small_index.store.fetch
 
         def broken(vids):
             raise RuntimeError("disk on fire")
 
-        monkeypatch.setattr(small_index._store, "fetch", broken)
+        monkeypatch.setattr(small_index.store, "fetch", broken)
         status, err = call(port, "POST", "/v1/search", {"query": "capital of France", "rerank": False},
                            headers={"X-Request-ID": "req-42"})
         assert status == 500 and err["request_id"] == "req-42" and "req-42" in err["error"]["message"]
         assert "disk on fire" not in json.dumps(err)  # internals stay in the log
-        monkeypatch.setattr(small_index._store, "fetch", real_fetch)
+        monkeypatch.setattr(small_index.store, "fetch", real_fetch)
         doc = {"id": "after", "text": "Lisbon is the capital of Portugal.", "metadata": {}}
         assert call(port, "PUT", "/v1/documents", {"documents": [doc]})[0] == 200
         status, body = call(port, "POST", "/v1/search", {"query": "capital of Portugal", "k": 1, "rerank": False})

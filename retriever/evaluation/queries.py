@@ -17,6 +17,7 @@ class LabeledQuery:
     id: str
     query: str
     relevant: dict[str, float]  # document id -> grade (> 0 is relevant; binary sets use 1)
+    category: str = ""          # the set's own grouping, where it has one (fitz-gov: its six categories)
 
 
 FITZ_GOV = "fitz-gov"
@@ -122,6 +123,6 @@ def load_beir(root: Path) -> list[LabeledQuery]:
 
 def fitz_gov_queries() -> list[LabeledQuery]:
     """fitz-gov's `query_mappings.json` adapted: every query with relevant docs, each relevant doc grade 1."""
-    from ..datasets import fitz_gov_queries as raw
+    from ..datasets import fitz_gov_queries as labeled
 
-    return [LabeledQuery(q.id, q.query, {d: 1.0 for d in q.relevant}) for q in raw()]
+    return labeled()

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..knn import exact_topk, knn_intersection
+from ..searcher import STAGES
 from .metrics import dedupe, mean_metrics, query_metrics
 from .queries import LabeledQuery
 
@@ -38,34 +40,35 @@ def evaluate(retriever, queries: Sequence[LabeledQuery], *, ks: Sequence[int] = 
     if not ks or ks[0] < 1:
         raise InputError(f"ks = {ks} must be positive integers, e.g. 1,5,10,20")
     kmax = ks[-1]
-    corpus_ids = retriever._store.document_ids()
-    vec_ids, vectors = retriever._store.ids_and_vectors()
-    exact_index = retriever._index.kind == "flat"
+    store = retriever.store
+    corpus_ids = store.document_ids()
+    row_ids, vectors = store.ids_and_vectors()  # in vid order; the exact reference is by row position
+    position = {rid: i for i, rid in enumerate(row_ids)}
+    exact_index = retriever.vector_index.kind == "flat"
 
     # warm-up, untimed: model loads and the fingerprint check must not count as a query's latency
     retriever.search(queries[0].query, k=kmax, rerank=rerank)
     per_query: dict[str, dict[str, Any]] = {}
-    stage_ms: dict[str, list[float]] = {"embed": [], "search": [], "join": [], "rerank": [], "total": []}
+    stage_ms: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
     final_all, retrieval_all, ann_all = {}, {}, {}
     for i, q in enumerate(queries):
         t0 = time.perf_counter()
-        hits, trace = retriever.search_traced([q.query], k=kmax, rerank=rerank)
+        hits, trace = retriever.search_traced([q.query], k=kmax, rerank=rerank, record=True)
         total = (time.perf_counter() - t0) * 1000
         hits = hits[0]
-        for stage in ("embed", "search", "join", "rerank"):
-            stage_ms[stage].append(trace.get(f"{stage}_ms", 0.0))
+        for stage, ms in trace.stage_ms().items():
+            stage_ms[stage].append(ms)
         stage_ms["total"].append(total)
-        final_docs = dedupe([h.metadata.get("parent_id", h.id) if "#chunk-" in h.id else h.id for h in hits])
-        cands = trace["candidates"][0]
-        retrieval_docs = dedupe([parent for _, parent, _ in cands])
+        final_docs = dedupe([h.document_id for h in hits])
+        cands = trace.candidates[0]
+        retrieval_docs = dedupe([doc for _, doc, _ in cands])
         final_all[q.id] = query_metrics(final_docs, q.relevant, ks)
         retrieval_all[q.id] = query_metrics(retrieval_docs, q.relevant, ks)
         # index error: the vectors FAISS returned against exact search over every stored vector
-        sims = vectors @ trace["query_vectors"][0] if len(vec_ids) else np.zeros(0)
-        exact_top = [vec_ids[j] for j in np.argsort(-sims, kind="stable")[:kmax]]
-        approx = [cid for cid, _, _ in sorted(cands, key=lambda c: -c[2])[:kmax]]
-        ann_all[q.id] = {f"ann_recall@{k}": (len(set(approx[:k]) & set(exact_top[:k])) / min(k, len(exact_top))
-                                             if exact_top else 1.0) for k in ks}
+        exact = exact_topk(trace.query_vectors[:1], vectors, np.arange(len(row_ids)), kmax)[1]
+        by_cosine = sorted(cands, key=lambda c: -c[2])[:kmax]
+        approx = np.array([[position.get(cid, -1) for cid, _, _ in by_cosine]], np.int64).reshape(1, -1)
+        ann_all[q.id] = {f"ann_recall@{k}": knn_intersection(approx, exact[:, :k], k) for k in ks}
         relevant = [d for d, g in q.relevant.items() if g > 0]
         first = next((r for r, d in enumerate(final_docs, 1) if q.relevant.get(d, 0) > 0), None)
         first_retrieval = next((r for r, d in enumerate(retrieval_docs, 1) if q.relevant.get(d, 0) > 0), None)
@@ -114,14 +117,14 @@ def _concurrent(retriever, queries, k: int, rerank: bool, callers: int) -> dict[
     """`callers` threads searching at once: total latency percentiles, throughput, and per-stage percentiles."""
     def one(q: LabeledQuery) -> tuple[float, dict[str, Any]]:
         t = time.perf_counter()
-        _, trace = retriever.search_traced([q.query], k=k, rerank=rerank)
+        _, trace = retriever.search_traced([q.query], k=k, rerank=rerank, record=False)
         return (time.perf_counter() - t) * 1000, trace
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=callers) as pool:
         results = list(pool.map(one, queries))
     wall = time.perf_counter() - t0
-    stages = {s: percentiles([tr.get(f"{s}_ms", 0.0) for _, tr in results]) for s in ("embed", "search", "join", "rerank")}
+    stages = {s: percentiles([tr.stage_ms()[s] for _, tr in results]) for s in STAGES}
     return {"callers": callers, "queries": len(queries), "queries_per_s": len(queries) / wall,
             **percentiles([ms for ms, _ in results]), "stages": stages}
 
@@ -136,7 +139,7 @@ def flatten(report: dict[str, Any]) -> dict[str, float]:
     single = report["latency_ms"]["single"]
     for pct in ("p50_ms", "p95_ms", "p99_ms"):
         flat[pct] = single["total"][pct]
-        for stage in ("embed", "search", "join", "rerank"):
+        for stage in STAGES:
             flat[f"{stage}.{pct}"] = single[stage][pct]
         if "concurrent" in report["latency_ms"]:
             conc = report["latency_ms"]["concurrent"]

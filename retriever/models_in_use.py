@@ -1,0 +1,35 @@
+"""The embedder and cross-encoder a Retriever uses, and the one check that the embedder still gives the vectors
+the index was built with (run once, on first use, against the fingerprint in the manifest)."""
+from __future__ import annotations
+
+from .config import RetrieverConfig
+from .embedding import Embedder
+from .errors import IndexMismatchError
+from .rerank import Reranker
+
+
+class ModelsInUse:
+    def __init__(self, config: RetrieverConfig, embedder: Embedder | None = None):
+        self.embedder = embedder or Embedder.from_config(config.embedding)
+        self.reranker = Reranker.from_config(config)
+        self.checked = embedder is not None  # an embedder that just made the index's fingerprint needs no check
+
+    def checked_embedder(self, generation) -> Embedder:
+        """The embedder, checked once against the fingerprint `generation`'s index was built with."""
+        if not self.checked:
+            stored, e = generation.manifest.embedder, self.embedder
+            if e.dim != stored["dim"] or not Embedder.same_weights(e.fingerprint(), stored["fingerprint"]):
+                raise IndexMismatchError(
+                    f"the model {e.name!r} now gives different embeddings than when {generation.root} was built "
+                    f"(dimension {e.dim} vs {stored['dim']}, or other weights under the same name); restore the "
+                    f"original model, or re-embed: `retriever reembed {generation.root} --model {e.name}`"
+                )
+            self.checked = True
+        return self.embedder
+
+    def adopt(self, other: "ModelsInUse", config: RetrieverConfig, other_config: RetrieverConfig) -> None:
+        """Share `other`'s loaded models where the settings match (no second load of the same weights)."""
+        if other_config.embedding == config.embedding:
+            self.embedder = other.embedder
+        if (other.reranker.key, other_config.rerank.batch_size) == (self.reranker.key, config.rerank.batch_size):
+            self.reranker = other.reranker
