@@ -70,10 +70,9 @@ class RerankConfig:
     # onnx: an int8 ONNX cross-encoder run by onnxruntime (the builtin, or a folder with model.onnx and
     # tokenizer.json), the fast path; torch: sentence-transformers CrossEncoder, the reference (any model)
     backend: str = field(default="onnx", metadata=_rule(choices=("onnx", "torch")))
-    # candidates and max_length from benchmarks/rerank_curve.py (recall/latency curve on a holdout of fitz-gov queries):
-    # 15 candidates at 384 tokens are the cheapest int8 setting within 0.01 of the fp32 cross-encoder at 512 tokens
-    # on 20 candidates (MRR@10 -0.007, the int8 model's own cost; p95 543 vs 1,397 ms); 10 candidates lose 0.013
-    # at any window, 128 tokens 0.013-0.019
+    # candidates and max_length from benchmarks/rerank_curve.py (the recall/latency curve on a holdout of fitz-gov
+    # queries, run it for today's numbers): 15 candidates at 384 tokens were the cheapest int8 setting within 0.01
+    # MRR@10 of the fp32 cross-encoder at 512 tokens on 20 candidates; 10 candidates, or 128 tokens, lost more
     candidates: int = field(default=15, metadata=_rule(min=1, max=10000))
     # pairs per forward pass, sorted by length first; 0 = auto: 1 on onnx (exact: dynamic int8 scales activations
     # per batch, so batching would make a pair's score depend on its batchmates), 8 on torch
@@ -104,8 +103,9 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    # 0 = one per core. torch runs the models; FAISS (OpenMP) searches. They run one after the other
-    # in a query, so the default gives torch every core and FAISS one thread (its work here is tiny).
+    # 0 = one per core. onnxruntime (or torch, on the torch backends) runs the models; FAISS (OpenMP) searches.
+    # They run one after the other in a query, so the default gives the models every core and FAISS and BLAS
+    # one thread each (their work here is tiny).
     torch_threads: int = field(default=0, metadata=_rule(min=0, max=1024))
     faiss_threads: int = field(default=1, metadata=_rule(min=0, max=1024))
     onnx_threads: int = field(default=0, metadata=_rule(min=0, max=1024))
@@ -122,9 +122,8 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """`retriever serve`. Measured on 2 cores (20 candidates, MiniLM-L-12 cross-encoder): 2 search threads with
-    torch on both cores serve 1.10 reranked q/s at p50 1.6 s under load and 0.79 s alone; 1 thread 0.97 q/s;
-    2 threads with 1 torch thread each 1.02 q/s but 1.25 s alone. So: one search thread per core, torch on all."""
+    """`retriever serve`: one search thread per core by default, each running the model on every core (the
+    `[runtime]` layout). `benchmarks/bench_server.py` measures throughput and latency at 1, 4 and 16 clients."""
     host: str = "127.0.0.1"
     port: int = field(default=8000, metadata=_rule(min=0, max=65535))
     workers: int = field(default=0, metadata=_rule(min=0, max=256))          # search threads (0 = one per core)

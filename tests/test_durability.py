@@ -362,8 +362,9 @@ def test_sigkill_mid_ingest_keeps_every_acknowledged_batch(tmp_path, model_cache
 SAVE_LOOP_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path
+    import retriever.generation as core   # saves the snapshot
+    import retriever.manifest as manifest  # writes the manifest
     import retriever.persistence as persistence
-    import retriever.retriever as core
     from retriever import Document, Retriever
 
     index, mode, crash_point, crash_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -384,7 +385,7 @@ SAVE_LOOP_SCRIPT = textwrap.dedent("""
             if state["armed"] and self._hook == ("after", Path(dst).name):
                 die()
 
-    real_sha, real_write_json = core.file_sha256, core.write_json_atomic
+    real_sha, real_write_json = core.file_sha256, manifest.write_json_atomic
     if crash_point == "after_tmp_snapshot_written":  # the temp FAISS file is complete and fsynced
         core.file_sha256 = lambda p: die() if state["armed"] else real_sha(p)
     elif crash_point == "between_snapshot_renames":  # vectors.faiss moved to .prev, the new one not in place
@@ -398,7 +399,7 @@ SAVE_LOOP_SCRIPT = textwrap.dedent("""
             real_write_json(path, data)
             if state["armed"]:
                 die()
-        core.write_json_atomic = write_then_die
+        manifest.write_json_atomic = write_then_die
     elif crash_point != "none":
         raise SystemExit(f"unknown crash point {crash_point}")
 

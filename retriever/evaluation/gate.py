@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..searcher import STAGES as SEARCH_STAGES
 from .metrics import parse_metric_name
 
 STAGES = ("final", "retrieval")
-LATENCY_STAGES = ("embed", "search", "join", "rerank", "concurrent")
+LATENCY_STAGES = (*SEARCH_STAGES, "concurrent")
 PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
 
 

@@ -3,9 +3,10 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 
+from ..searcher import STAGES  # the timed stages of a search, in order
+
 disable_created_metrics()  # no *_created series: counters and histograms only
 
-STAGES = ("embed", "search", "join", "rerank")  # the timed stages of a search, in order
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 

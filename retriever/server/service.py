@@ -15,7 +15,8 @@ from ..errors import RetrieverError
 from ..persistence import generation_dir, generations, has_readers, read_manifest
 from ..results import Hit
 from ..retriever import Retriever
-from .metrics import STAGES, Metrics
+from ..searcher import SearchTrace
+from .metrics import Metrics
 
 log = logging.getLogger("retriever.server")
 
@@ -126,19 +127,16 @@ class Service:
                      rerank_budget_ms: float | None) -> tuple[list[list[Hit]], dict[str, Any]]:
         """One traced search on the search pool; (hits per query, the response's other fields)."""
         t0 = time.perf_counter()
-        # TODO(SearchTrace): pass record=False once search_traced takes it (no query vectors or candidates kept)
         (results, trace), gen, waited = await self.run_search(lambda r: r.search_traced(
-            queries, k=k, filters=filters, rerank=rerank, rerank_budget_ms=rerank_budget_ms))
+            queries, k=k, filters=filters, rerank=rerank, rerank_budget_ms=rerank_budget_ms, record=False))
         common = self.record_trace(trace, waited, len(queries))
         common["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 3)
         return results, {**common, "generation": gen}
 
-    def record_trace(self, trace: dict, waited_ms: float, queries: int) -> dict[str, Any]:
+    def record_trace(self, trace: SearchTrace, waited_ms: float, queries: int) -> dict[str, Any]:
         """Observe a search's stage times; the response fields they give (timings_ms, reranked, rerank_timed_out).
         The one place that reads a trace."""
-        # TODO(SearchTrace): the trace is still a dict; switch to trace.stage_ms(), .reranked, .rerank_timed_out
-        stage_ms = {s: trace.get(f"{s}_ms", 0.0) for s in STAGES}
-        reranked, timed_out = bool(trace.get("reranked")), bool(trace.get("rerank_timed_out"))
+        stage_ms, reranked, timed_out = trace.stage_ms(), trace.reranked, trace.rerank_timed_out
 
         timings = {s: round(ms, 3) for s, ms in stage_ms.items()}
         timings["queue"] = round(waited_ms, 3)
