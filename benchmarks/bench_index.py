@@ -1,73 +1,62 @@
 #!/usr/bin/env python
 """FAISS index kinds of `retriever.vector_index.VectorIndex` side by side, on 384-d vectors.
 
-    python benchmarks/bench_index.py                     # 100k and 1M vectors (~17 min on 2 idle cores)
-    python benchmarks/bench_index.py --sizes 100000      # 100k only (~4 min)
-    python benchmarks/bench_index.py --quick             # 20k vectors, fewer settings, no OPQ (~1 min smoke run)
+    python benchmarks/bench_index.py                     # 100k and 1M vectors
+    python benchmarks/bench_index.py --sizes 100000      # 100k only
+    python benchmarks/bench_index.py --quick             # 20k vectors, fewer settings, no OPQ: a smoke run
 
 For each size: build time (and the IVF/PQ training part of it), bytes per vector in RAM (`nbytes()` and the
-RSS growth measured around the build) and on disk (written file), recall@10 against exact search for
-held-out synthetic queries and for the real fitz-gov query embeddings, single-query latency (p50/p95, 1 FAISS
-thread) and batched queries/s (1 thread; 2 threads as an extra column) for each kind at 2-3 search settings.
-`flat` is the exact baseline; a plain numpy `queries @ X.T` + argpartition top-10 on the same float32 matrix
-is the floor. For the largest size, each kind is also written, read back plainly and memory-mapped (open time,
-RSS). `ivf_pq` results are re-scored exactly as the product does (top k*rescore candidates re-ranked by true
-cosine); the exact vectors come from the in-RAM float32 matrix here, and the cost of fetching them from
-DuckDB (`Store.vectors`) is measured separately on a store holding the 100k vectors.
+RSS growth measured around the build) and on disk (written file), recall@10 against exact search
+(`retriever.knn.knn_intersection` against `retriever.knn.exact_topk`) for held-out synthetic queries and for the
+real fitz-gov query embeddings, single-query latency (p50/p95, 1 FAISS thread) and batched queries/s (1 thread;
+2 threads as an extra column) for each kind at 2-3 search settings. `flat` is the exact baseline;
+`knn.exact_topk` (the package's own exact scan: one matrix product per block of queries, partition, stable sort)
+on the same float32 matrix is the floor. For the largest size, each kind is also written, read back plainly and
+memory-mapped (open time, RSS). `ivf_pq` results are re-scored as the product does (top k*rescore candidates
+re-ranked by true cosine with `knn.exact_topk`); the exact vectors come from the in-RAM float32 matrix here, and
+the cost of fetching them from DuckDB (`Store.vectors`) is measured separately on a store holding the 100k vectors.
 
 Data: synthetic with the cluster structure of real embeddings (see `Synth` and benchmarks/README.md): the
-fitz-gov documents embedded with the real model (cached in benchmarks/results/fitz_gov_embeddings.npy),
+fitz-gov documents embedded with the default embedder (cached in benchmarks/results/fitz_gov_embeddings.npy),
 each synthetic vector = normalize(doc_embedding[random doc] + low-rank noise + isotropic noise).
 
-Threads as in the product: builds/trains with every core, searches with ONE FAISS thread (torch owns the
+Threads as in the product: builds/trains with every core, searches with ONE FAISS thread (the models own the
 cores at query time). Progress goes to stderr with timestamps; one table is printed at the end; every number
 goes to <out>/index.json and the recall-vs-queries/s plot to <out>/index_recall_qps.png.
 """
 from __future__ import annotations
 
-from benchenv import ROOT, Phase, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
-
-import os  # noqa: E402
+import common  # first: offline hubs, quiet warnings, the repository on sys.path
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-
 import faiss  # noqa: E402
+import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from common import CORES, RESULTS, Phase, fmt, latency, log, perf  # noqa: E402
 from retriever.config import IndexConfig  # noqa: E402
 from retriever.index_plan import default_nlist, default_nprobe, plan_index, training_sample_size  # noqa: E402
-from retriever.vector_index import VectorIndex  # noqa: E402
+from retriever.knn import exact_topk, knn_intersection  # noqa: E402
+from retriever.vector_index import DEFAULT_RESCORE, VectorIndex  # noqa: E402
 
-perf = time.perf_counter
 DIM = 384
 K = 10
 SEED = 20240601
-CORES = max(1, len(os.sched_getaffinity(0)))
 BUILD_THREADS = CORES   # the product builds/trains with every core ...
 SEARCH_THREADS = 1      # ... and searches with one FAISS thread
+EXACT_BLOCK_BYTES = 256 << 20  # score block of one exact_topk call (queries x corpus float32)
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-T_START = perf()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')} +{perf() - T_START:6.0f}s] {msg}", file=sys.stderr, flush=True)
-
-
+# ---------------------------------------------------------------------------------------------- memory
 def rss_bytes() -> int:
     """Current resident set size (anonymous + file-backed pages)."""
     with open("/proc/self/statm") as f:
@@ -85,38 +74,16 @@ def rss_parts() -> dict:
     return out
 
 
-_LIBC = None
-
-
 def trim_heap() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc malloc_trim), so RSS deltas measure
     live memory rather than what the allocator kept from earlier phases."""
-    global _LIBC
+    import ctypes
+
     gc.collect()
     try:
-        if _LIBC is None:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-        _LIBC.malloc_trim(0)
-    except (OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
         pass
-
-
-def wait_idle(limit_s: float, threshold: float = 0.1) -> float | None:
-    """Wait up to limit_s seconds until the other processes use < threshold of the cores over 5 s."""
-    t_end = perf() + limit_s
-    busy = None
-    while True:
-        b0 = machine_busy_seconds()
-        time.sleep(5)
-        b1 = machine_busy_seconds()
-        if b0 is None or b1 is None:
-            return None
-        busy = (b1 - b0) / (5 * CORES)
-        if busy < threshold or perf() >= t_end:
-            return busy
-        log(f"waiting for the machine to go quiet: other processes use {busy:.0%} of the cores")
 
 
 def reset_peak_rss() -> bool:
@@ -129,62 +96,36 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int | None:
-    return rss_parts().get("VmHWM")
-
-
 def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
-    """Mean over queries of |found[:k] & truth[:k]| / k (vids; -1 slots never match)."""
-    hits = 0
-    for f, t in zip(found[:, :k], truth[:, :k]):
-        hits += len(np.intersect1d(f[f >= 0], t, assume_unique=False))
-    return hits / (k * len(truth))
-
-
-def percentile_ms(seconds: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1000.0, q))
-
-
-def pick_evenly(n_items: int, n: int) -> np.ndarray:
-    if n <= 0 or n >= n_items:
-        return np.arange(n_items)
-    return np.unique(np.linspace(0, n_items - 1, n).round().astype(int))
-
-
 # ------------------------------------------------------------------------------------------------- data
-
 def embeddings_cache(out: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The fitz-gov documents and labeled queries embedded with the product's default model, cached as .npy."""
+    """The fitz-gov documents and labeled queries embedded with the product's default embedder, cached as .npy."""
     from retriever.datasets import fitz_gov_documents, fitz_gov_queries
 
-    docs = fitz_gov_documents()
-    queries = fitz_gov_queries()
+    texts = {"docs": [d.text for d in fitz_gov_documents()], "queries": [q.query for q in fitz_gov_queries()]}
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"docs": out / "fitz_gov_embeddings.npy", "queries": out / "fitz_gov_query_embeddings.npy"}
-    texts = {"docs": [d.text for d in docs], "queries": [q.query for q in queries]}
-    arrays = {}
-    embedder = None
-    for name, path in paths.items():
+    arrays, embedder = {}, None
+    for name, items in texts.items():
+        path = out / ("fitz_gov_embeddings.npy" if name == "docs" else "fitz_gov_query_embeddings.npy")
         if path.is_file():
             arr = np.load(path, allow_pickle=False)
-            if arr.shape == (len(texts[name]), DIM) and arr.dtype == np.float32:
+            if arr.shape == (len(items), DIM) and arr.dtype == np.float32:
                 log(f"real {name}: {arr.shape[0]:,} embeddings from {path}")
                 arrays[name] = arr
                 continue
-            log(f"{path} has shape {arr.shape}, expected ({len(texts[name])}, {DIM}): re-embedding")
+            log(f"{path} has shape {arr.shape}, expected ({len(items)}, {DIM}): re-embedding")
         if embedder is None:
             from retriever.config import EmbeddingConfig
             from retriever.embedding import Embedder
 
             embedder = Embedder.from_config(EmbeddingConfig())
-        log(f"embedding {len(texts[name]):,} fitz-gov {name} with {embedder.name} (~40 docs/s; cached afterwards)")
-        t0 = perf()
-        arr = np.ascontiguousarray(embedder.encode(texts[name]), dtype=np.float32)
-        log(f"  {len(arr):,} in {perf() - t0:.0f}s -> {path}")
+        log(f"embedding {len(items):,} fitz-gov {name} with {embedder.name} ({embedder.backend}; cached afterwards)")
+        with Phase() as ph:
+            arr = np.ascontiguousarray(embedder.encode(items), dtype=np.float32)
+        log(f"  {len(arr):,} in {ph.wall:.0f}s -> {path}")
         np.save(path, arr, allow_pickle=False)
         arrays[name] = arr
     return arrays["docs"], arrays["queries"]
@@ -255,16 +196,15 @@ class Synth:
         return out, centre
 
 
-def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, *, threads: int = CORES,
-               exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product (faiss.IndexFlatIP, blocked over the base by FAISS). Returns (scores, rows)."""
-    set_threads(threads)
-    idx = faiss.IndexFlatIP(DIM)
-    idx.add(base)
-    s, i = idx.search(np.ascontiguousarray(queries), k + int(exclude_self))
-    if exclude_self:
-        s, i = s[:, 1:], i[:, 1:]
-    return s, i
+
+def exact(queries: np.ndarray, X: np.ndarray, vids: np.ndarray, k: int, *, exclude_self: bool = False
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """`knn.exact_topk` over X, in query chunks whose score block stays under EXACT_BLOCK_BYTES; with
+    `exclude_self` (queries = X) each query's first hit, itself, is dropped. Returns (scores, vids)."""
+    step = max(1, min(len(queries), EXACT_BLOCK_BYTES // (4 * max(1, len(X)))))
+    parts = [exact_topk(queries[lo:lo + step], X, vids, k + int(exclude_self)) for lo in range(0, len(queries), step)]
+    s, v = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return (s[:, 1:], v[:, 1:]) if exclude_self else (s, v)
 
 
 def nn_stats(scores: np.ndarray) -> dict:
@@ -276,7 +216,6 @@ def nn_stats(scores: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- search
-
 @dataclass
 class Variant:
     """One index to build: a label, its IndexConfig, and the search settings to sweep over it."""
@@ -288,23 +227,22 @@ class Variant:
 def variants(size: int, quick: bool, opq: bool) -> list[Variant]:
     """The builds and search settings per size (chosen so at least one setting per kind reaches recall@10 >= 0.95
     on the synthetic queries; see README)."""
-    big = size >= 500_000
     nlist = 0                           # the product's default, about 4*sqrt(n): 1,264 at 100k, 4,000 at 1M
     out = [Variant("flat", IndexConfig(kind="flat"), [{}])]
     if quick:
-        out += [
+        return out + [
             Variant("hnsw", IndexConfig(kind="hnsw", hnsw_m=32, ef_construction=100),
                     [{"ef_search": 32}, {"ef_search": 128}]),
             Variant("ivf_flat", IndexConfig(kind="ivf_flat"), [{"nprobe": 8}, {"nprobe": 32}]),
-            Variant("ivf_pq", IndexConfig(kind="ivf_pq"), [{"nprobe": 32, "rescore": 4}, {"nprobe": 32, "rescore": 16}]),
+            Variant("ivf_pq", IndexConfig(kind="ivf_pq"), [{"nprobe": 32, "rescore": 4},
+                                                            {"nprobe": 32, "rescore": DEFAULT_RESCORE}]),
         ]
-        return out
-    efs = [16, 32, 64, 128, 256] if big else [16, 32, 64, 128]
+    efs = [16, 32, 64, 128, 256] if size >= 500_000 else [16, 32, 64, 128]
     # nprobe: a few cheap settings and the product's default (2*sqrt(nlist): 72 at 100k, 128 at 1M)
     probes = [2, 8, 32, default_nprobe(nlist or default_nlist(size))]
-    # rescore 1 = FAISS's own top 10 (PQ recall); 4 = the product's default; 16, 32 = deeper re-scoring
-    pq = [{"nprobe": 8, "rescore": 1}, {"nprobe": 8, "rescore": 4}, {"nprobe": 8, "rescore": 16},
-          {"nprobe": 8, "rescore": 32}, {"nprobe": 32, "rescore": 4}, {"nprobe": 32, "rescore": 16}]
+    # rescore 1 = FAISS's own top 10 (PQ recall); 4 and 32 around the product's default (DEFAULT_RESCORE, 16)
+    pq = [{"nprobe": 8, "rescore": rs} for rs in (1, 4, DEFAULT_RESCORE, 32)]
+    pq += [{"nprobe": 32, "rescore": 4}, {"nprobe": 32, "rescore": DEFAULT_RESCORE}]
     out += [
         Variant("hnsw", IndexConfig(kind="hnsw", hnsw_m=32, ef_construction=100), [{"ef_search": e} for e in efs]),
         Variant("ivf_flat", IndexConfig(kind="ivf_flat", nlist=nlist), [{"nprobe": p} for p in probes]),
@@ -320,88 +258,60 @@ def setting_label(s: dict) -> str:
     return " ".join(f"{short[k]}={v}" for k, v in s.items()) if s else "exact"
 
 
-class Searcher:
-    """One search path (a VectorIndex at one setting, or the numpy floor): top-K vids for a query block."""
+class SearchPath:
+    """One search path, a VectorIndex at one setting or (no index) the exact floor: top-K vids per query row."""
 
-    def __init__(self, X: np.ndarray, vi: VectorIndex | None = None, setting: dict | None = None):
-        self.X = X
-        self.vi = vi
+    def __init__(self, X: np.ndarray, vids: np.ndarray, vi: VectorIndex | None = None, setting: dict | None = None):
+        self.X, self.vids, self.vi = X, vids, vi
         self.s = dict(setting or {})
         self.rescore = int(self.s.pop("rescore", 0))
 
     def __call__(self, q: np.ndarray) -> np.ndarray:
         if self.vi is None:
-            return numpy_topk(self.X, q, K)
+            return exact(q, self.X, self.vids, K)[1]
         if not self.rescore:
             return self.vi.search(q, K, **self.s)[1]
         # the product's ivf_pq path: top K*rescore candidates by PQ score, re-ranked by the exact cosine
         # (the product reads the exact vectors from DuckDB; here they come from the float32 matrix in RAM)
         _, cand = self.vi.search(q, K * self.rescore, **self.s)
-        out = np.empty((len(q), K), np.int64)
-        for lo in range(0, len(q), 256):                              # bounded gather buffer
-            c = cand[lo:lo + 256]
-            vecs = self.X[np.maximum(c, 1) - 1]                       # vid = row + 1; -1 slots masked below
-            exact = np.einsum("qcd,qd->qc", vecs, q[lo:lo + 256])
-            exact[c < 0] = -np.inf
-            top = np.argsort(-exact, axis=1, kind="stable")[:, :K]
-            out[lo:lo + 256] = np.take_along_axis(c, top, axis=1)
+        out = np.full((len(q), K), -1, np.int64)
+        for i, c in enumerate(cand):
+            c = c[c >= 0]
+            top = exact_topk(q[i:i + 1], self.X[c - 1], c, K)[1][0]    # vid = row + 1
+            out[i, :len(top)] = top
         return out
 
 
-def numpy_topk(X: np.ndarray, q: np.ndarray, k: int, block: int = 64) -> np.ndarray:
-    """The floor: `q @ X.T` then argpartition top-k (query blocks keep the score matrix small). Returns vids."""
-    out = np.empty((len(q), k), np.int64)
-    for lo in range(0, len(q), block):
-        s = q[lo:lo + block] @ X.T
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1)
-        out[lo:lo + block] = np.take_along_axis(part, order, axis=1) + 1
-    return out
-
-
-def time_single(fn: Searcher, Q: np.ndarray, n_max: int, budget_s: float) -> dict:
+def time_single(fn: SearchPath, Q: np.ndarray, n_max: int, budget_s: float) -> dict:
     """One query per call, 1 thread: per-query latency until n_max queries or budget_s seconds (>= 30 queries)."""
-    for i in range(min(5, len(Q))):                                 # warm-up
-        fn(Q[i:i + 1])
-    lat = []
-    t_end = perf() + budget_s
+    rows = [Q[i:i + 1] for i in range(min(n_max, len(Q)))]
+    for q in rows[:5]:                                              # warm-up
+        fn(q)
     with Phase() as ph:
-        for i in range(min(n_max, len(Q))):
-            t0 = perf()
-            fn(Q[i:i + 1])
-            lat.append(perf() - t0)
-            if perf() > t_end and len(lat) >= 30:
-                break
-    mean = float(np.mean(lat))
-    return {"n": len(lat), "p50_ms": percentile_ms(lat, 50), "p95_ms": percentile_ms(lat, 95),
-            "mean_ms": mean * 1000, "qps": 1.0 / mean, "others_share": ph.others}
+        seconds, _ = common.time_each(fn, rows, max_secs=budget_s, min_items=30)
+    return {**latency(seconds), "qps": len(seconds) / sum(seconds), "others_share": ph.others}
 
 
-def time_batch(fn: Searcher, Q: np.ndarray, threads: int, min_s: float = 1.0) -> tuple[dict, np.ndarray]:
+def time_batch(fn: SearchPath, Q: np.ndarray, threads: int, min_s: float = 1.0) -> tuple[dict, np.ndarray]:
     """All queries in one call with `threads` threads (FAISS OpenMP and numpy BLAS); repeated until min_s seconds
     (at most 5 runs); the median run counts."""
     set_threads(threads)
-    runs = []
-    found = None
+    timer = common.RepeatTimer(runs=5, max_secs=min_s)
     try:
         with threadpool_limits(limits=threads, user_api="blas"), Phase() as ph:
-            while True:
-                t0 = perf()
+            for _ in timer:
                 found = fn(Q)
-                runs.append(perf() - t0)
-                if sum(runs) >= min_s or len(runs) >= 5:
-                    break
     finally:
         set_threads(SEARCH_THREADS)
-    t = float(np.median(runs))
-    return {"threads": threads, "n": len(Q), "runs": len(runs), "s": t, "qps": len(Q) / t,
+    t = timer.median()
+    return {"threads": threads, "n": len(Q), "runs": len(timer.times), "s": t, "qps": len(Q) / t,
             "others_share": ph.others}, found
 
 
 # ---------------------------------------------------------------------------------------------- builds
-
 def build_index(var: Variant, X: np.ndarray, vids: np.ndarray, seed: int) -> tuple[VectorIndex, dict]:
-    """Build with every core as the product does; time the whole build and its training part; RSS around it."""
+    """`VectorIndex.build`'s steps (train on the sample, add), each timed, with every core as the product does;
+    RSS around it."""
     n = len(X)
     plan = plan_index(var.cfg, DIM, n, strict=True)
     n_train = training_sample_size(var.cfg, plan, n)
@@ -411,43 +321,33 @@ def build_index(var: Variant, X: np.ndarray, vids: np.ndarray, seed: int) -> tup
     if n_train:
         rng = np.random.default_rng([seed, 7, n])
         sample = X[np.sort(rng.choice(n, n_train, replace=False))]
-
-    train_s = [0.0]
-    orig_train = VectorIndex.train
-
-    def timed_train(self, vectors):
-        t0 = perf()
-        try:
-            return orig_train(self, vectors)
-        finally:
-            train_s[0] += perf() - t0
-
     set_threads(BUILD_THREADS)
     peak_ok = reset_peak_rss()
-    VectorIndex.train = timed_train
     try:
         with Phase() as ph:
-            vi = VectorIndex.build(DIM, plan, vids, X, train_vectors=sample)
+            vi = VectorIndex(DIM, plan)
+            with Phase() as train:
+                if not vi.is_trained:
+                    vi.train(X if sample is None else sample)
+            vi.add(vids, X)
     finally:
-        VectorIndex.train = orig_train
         set_threads(SEARCH_THREADS)
-    peak = peak_rss_bytes() if peak_ok else None
+    peak = rss_parts().get("VmHWM") if peak_ok else None
     del sample
     trim_heap()
     rss1 = rss_bytes()
     t0 = perf()
     nbytes = vi.nbytes()
-    nbytes_s = perf() - t0
-    info = {"plan": plan.to_dict(), "train_sample": n_train, "build_s": ph.wall, "train_s": train_s[0],
-            "add_s": ph.wall - train_s[0], "build_cpu_s": ph.cpu, "build_others_share": ph.others,
-            "nbytes": nbytes, "nbytes_per_vector": nbytes / n, "nbytes_call_s": nbytes_s,
+    info = {"plan": plan.to_dict(), "train_sample": n_train, "build_s": ph.wall, "train_s": train.wall,
+            "add_s": ph.wall - train.wall, "build_cpu_s": ph.cpu, "build_others_share": ph.others,
+            "nbytes": nbytes, "nbytes_per_vector": nbytes / n, "nbytes_call_s": perf() - t0,
             "rss_growth_bytes": rss1 - rss0, "rss_growth_per_vector": (rss1 - rss0) / n,
             "peak_rss_over_start_bytes": (peak - rss0) if peak is not None else None,
             "describe": vi.describe()}
     return vi, info
 
 
-def disk_and_mmap(vi: VectorIndex, var: Variant, plan, n: int, tmp: Path, Q: np.ndarray, setting: dict,
+def disk_and_mmap(vi: VectorIndex, var: Variant, n: int, tmp: Path, Q: np.ndarray, setting: dict,
                   do_reads: bool) -> dict:
     """Write the index (bytes/vector on disk); for the largest size also read it back plainly and memory-mapped."""
     path = tmp / f"{var.label}.faiss"
@@ -456,13 +356,12 @@ def disk_and_mmap(vi: VectorIndex, var: Variant, plan, n: int, tmp: Path, Q: np.
     out = {"write_s": perf() - t0, "file_bytes": path.stat().st_size, "disk_per_vector": path.stat().st_size / n,
            "setting": setting_label(setting)}
     if do_reads:
-        s = dict(setting)
-        s.pop("rescore", None)
+        s = {k: v for k, v in setting.items() if k != "rescore"}
         for mode in ("read", "mmap"):
             trim_heap()
             r0 = rss_parts()
             t0 = perf()
-            vi2 = VectorIndex.read(path, DIM, plan, mmap=(mode == "mmap"))
+            vi2 = VectorIndex.read(path, DIM, vi.plan, mmap=(mode == "mmap"))
             open_s = perf() - t0
             r1 = rss_parts()
             set_threads(SEARCH_THREADS)
@@ -498,78 +397,44 @@ def store_fetch(X: np.ndarray, tmp: Path, reps: int) -> dict:
         ids = [f"d{i}" for i in range(lo, min(n, lo + step))]
         store.upsert(ids, [(i, None, f"synthetic document {i}", {}) for i in ids], X[lo:lo + step])
     store.checkpoint()
-    fill_s = perf() - t0
+    out = {"vectors": n, "fill_s": perf() - t0, "file_bytes": path.stat().st_size}
     rng = np.random.default_rng([SEED, 9])
-    out = {"vectors": n, "fill_s": fill_s, "file_bytes": path.stat().st_size}
     for m in (K * 4, K * 16):
-        lat = []
-        for r in range(reps + 3):
-            want = rng.choice(n, m, replace=False) + 1
-            t0 = perf()
-            got_vids, vecs = store.vectors(want)
-            dt = perf() - t0
-            if r >= 3:
-                lat.append(dt)
-        assert np.array_equal(got_vids, np.sort(want)) and np.allclose(vecs, X[got_vids - 1]), "store vectors mismatch"
-        out[f"vids_{m}"] = {"n": len(lat), "p50_ms": percentile_ms(lat, 50), "p95_ms": percentile_ms(lat, 95)}
+        wants = [rng.choice(n, m, replace=False) + 1 for _ in range(reps + 3)]
+        seconds, got = common.time_each(store.vectors, wants)
+        got_vids, vecs = got[-1]
+        assert np.array_equal(got_vids, np.sort(wants[-1])) and np.allclose(vecs, X[got_vids - 1]), \
+            "store vectors mismatch"
+        out[f"vids_{m}"] = latency(seconds[3:])                       # the first 3: warm-up
     store.close()
     path.unlink()
     return out
 
 
 # ------------------------------------------------------------------------------------------------ report
-
-def fmt(v, spec: str = ".3g", none: str = "-") -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return none
-    return format(v, spec)
+COLUMNS = [("build_s", "build s", ".1f"), ("train_s", "train s", ".1f"), ("ram_bpv", "B/vec RAM", ",.0f"),
+           ("rss_bpv", "B/vec RSS", ",.0f"), ("disk_bpv", "B/vec disk", ",.0f"), ("recall_syn", "R@10 syn", ".4f"),
+           ("recall_real", "R@10 real", ".4f"), ("p50_ms", "1q p50 ms", ".3f"), ("p95_ms", "1q p95 ms", ".3f"),
+           ("qps1", "1q qps", ",.0f"), ("bqps1", "batch qps 1t", ",.0f"), ("bqps2", "batch qps 2t", ",.0f")]
 
 
 def render_table(rows: list[dict]) -> str:
-    cols = [("size", "size"), ("kind", "kind"), ("setting", "setting"), ("build_s", "build s"),
-            ("train_s", "train s"), ("ram_bpv", "B/vec RAM"), ("rss_bpv", "B/vec RSS"), ("disk_bpv", "B/vec disk"),
-            ("recall_syn", "R@10 syn"), ("recall_real", "R@10 real"), ("p50_ms", "1q p50 ms"),
-            ("p95_ms", "1q p95 ms"), ("qps1", "1q qps"), ("bqps1", "batch qps 1t"), ("bqps2", "batch qps 2t")]
     cells = []
-    for r in rows:
-        cells.append([
-            f"{r['size']:,}", r["kind"], r["setting"],
-            fmt(r.get("build_s"), ".1f"), fmt(r.get("train_s"), ".1f"),
-            fmt(r.get("ram_bpv"), ",.0f"), fmt(r.get("rss_bpv"), ",.0f"), fmt(r.get("disk_bpv"), ",.0f"),
-            fmt(r.get("recall_syn"), ".4f"), fmt(r.get("recall_real"), ".4f"),
-            fmt(r.get("p50_ms"), ".3f"), fmt(r.get("p95_ms"), ".3f"),
-            fmt(r.get("qps1"), ",.0f"), fmt(r.get("bqps1"), ",.0f"), fmt(r.get("bqps2"), ",.0f"),
-        ])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
-    out = [line([h for _, h in cols]), line(["-" * w for w in widths])]
-    prev_size = None
-    for r, c in zip(rows, cells):
-        if prev_size is not None and r["size"] != prev_size:
-            out.append("")
-        prev_size = r["size"]
-        out.append(line(c))
-    return "\n".join(out)
+    for i, r in enumerate(rows):
+        if i and r["size"] != rows[i - 1]["size"]:
+            cells.append([])                                          # a blank line between sizes
+        cells.append([f"{r['size']:,}", r["kind"], r["setting"], *(fmt(r.get(k), s) for k, _, s in COLUMNS)])
+    return common.table(["size", "kind", "setting", *(h for _, h, _ in COLUMNS)], cells, align="lll")
 
 
 def render_mmap(results: list[dict]) -> str:
-    lines = []
-    hdr = f"{'size':>9}  {'kind':<11} {'setting':<12} {'mode':<5} {'open s':>7} {'RSS MB open':>11} {'(file)':>8} " \
-          f"{'RSS MB +1k q':>12} {'1st q ms':>9} {'batch qps':>10}"
-    lines.append(hdr)
-    lines.append("-" * len(hdr))
-    for size_res in results:
-        for b in size_res["builds"]:
-            d = b.get("disk", {})
-            for mode in ("read", "mmap"):
-                m = d.get(mode)
-                if not m:
-                    continue
-                lines.append(f"{size_res['size']:>9,}  {b['label']:<11} {d['setting']:<12} {mode:<5} {m['open_s']:>7.2f} "
-                             f"{m['rss_after_open'] / 2**20:>11.1f} {m['rss_file_after_open'] / 2**20:>8.1f} "
-                             f"{m['rss_after_queries'] / 2**20:>12.1f} {m['first_query_ms']:>9.2f} "
-                             f"{m['batch_qps']:>10,.0f}" + ("" if m["mmapped"] or mode == "read" else "  (not mapped)"))
-    return "\n".join(lines) if len(lines) > 2 else ""
+    cells = [[f"{res['size']:,}", b["label"], b["disk"]["setting"], mode, f"{m['open_s']:.2f}",
+              f"{m['rss_after_open'] / 2**20:.1f}", f"{m['rss_file_after_open'] / 2**20:.1f}",
+              f"{m['rss_after_queries'] / 2**20:.1f}", f"{m['first_query_ms']:.2f}", f"{m['batch_qps']:,.0f}",
+              "" if m["mmapped"] or mode == "read" else "(not mapped)"]
+             for res in results for b in res["builds"] for mode in ("read", "mmap") if (m := b["disk"].get(mode))]
+    return common.table(["size", "kind", "setting", "mode", "open s", "RSS MB open", "(file)", "RSS MB +1k q",
+                         "1st q ms", "batch qps", ""], cells, align="rlll") if cells else ""
 
 
 MISS_FLOOR = 3e-4   # plot recall >= 0.9997 (and exact search) at this miss rate
@@ -593,7 +458,7 @@ def plot(rows: list[dict], sizes: list[int], path: Path) -> None:
             ax = axes[row][col]
             for kind in kinds:
                 pts = [r for r in rows if r["size"] == size and r["kind"] == kind]
-                pts = [(r[key] if r.get(key) is not None else (1.0 if kind == "numpy" else None), r) for r in pts]
+                pts = [(r[key] if r.get(key) is not None else (1.0 if kind == "exact floor" else None), r) for r in pts]
                 pts = sorted((p for p in pts if p[0] is not None), key=lambda p: p[0])
                 if not pts:
                     continue
@@ -601,7 +466,7 @@ def plot(rows: list[dict], sizes: list[int], path: Path) -> None:
                 ax.plot(x, [p[1]["qps1"] for p in pts], "o-", color=colors[kind], label=f"{kind} single")
                 ax.plot(x, [p[1]["bqps1"] for p in pts], "s--", color=colors[kind], alpha=0.6, label=f"{kind} batched")
                 for rec, r in pts:
-                    if r["setting"] not in ("exact", "q @ X.T"):
+                    if r["setting"] not in ("exact", "knn.exact_topk"):
                         ax.annotate(r["setting"], (max(1.0 - rec, MISS_FLOOR), r["qps1"]), fontsize=6, color=colors[kind],
                                     xytext=(3, 3), textcoords="offset points")
             ax.set_yscale("log")
@@ -625,8 +490,8 @@ def plot(rows: list[dict], sizes: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-# -------------------------------------------------------------------------------------------------- main
 
+# -------------------------------------------------------------------------------------------------- main
 def run_size(size: int, args, synth: Synth, real_q: np.ndarray, tmp: Path, largest: bool,
              store_size: int | None) -> dict:
     log(f"=== {size:,} vectors: generating")
@@ -635,12 +500,10 @@ def run_size(size: int, args, synth: Synth, real_q: np.ndarray, tmp: Path, large
         Qs, _ = synth.sample(args.queries, stream=1)
     vids = np.arange(1, size + 1, dtype=np.int64)                      # DuckDB vids start at 1: row = vid - 1
     res: dict = {"size": size, "generate_s": ph.wall, "builds": []}
-    log(f"  generated in {ph.wall:.1f}s; ground truth (exact top-{K}, faiss IndexFlatIP, {CORES} threads)")
-    with Phase() as ph:
-        gt_s_scores, gt_s = exact_topk(Qs, X, K)
-        gt_r_scores, gt_r = exact_topk(real_q, X, K)
-    gt_s, gt_r = gt_s + 1, gt_r + 1
-    set_threads(SEARCH_THREADS)
+    log(f"  generated in {ph.wall:.1f}s; ground truth (knn.exact_topk, top-{K}, BLAS {CORES} threads)")
+    with Phase() as ph, threadpool_limits(limits=CORES, user_api="blas"):
+        gt_s_scores, gt_s = exact(Qs, X, vids, K)
+        gt_r_scores, gt_r = exact(real_q, X, vids, K)
     res["ground_truth_s"] = ph.wall
     res["nn_synthetic_queries"] = nn_stats(gt_s_scores)
     res["nn_real_queries"] = nn_stats(gt_r_scores)
@@ -649,33 +512,30 @@ def run_size(size: int, args, synth: Synth, real_q: np.ndarray, tmp: Path, large
 
     rows = []
 
-    def measure(kind: str, setting: dict, searcher: Searcher, budget: float) -> dict:
+    def measure(kind: str, setting: dict, path: SearchPath) -> dict:
         label = setting_label(setting)
         r: dict = {"size": size, "kind": kind, "setting": label, "params": setting}
-        single = time_single(searcher, Qs, args.single, budget)
-        b1, found = time_batch(searcher, Qs, SEARCH_THREADS)
-        r["recall_syn"] = recall_at_k(found, gt_s)
-        b2 = None
-        if not args.no_two_threads and CORES > 1:
-            b2, _ = time_batch(searcher, Qs, CORES)
-        set_threads(CORES)                       # results do not depend on threads: the real-query recall uses all
-        with threadpool_limits(limits=CORES, user_api="blas"):
-            r["recall_real"] = recall_at_k(searcher(real_q), gt_r) if kind != "numpy" else None
-        set_threads(SEARCH_THREADS)
+        single = time_single(path, Qs, args.single, args.single_budget)
+        b1, found = time_batch(path, Qs, SEARCH_THREADS)
+        r["recall_syn"] = knn_intersection(found, gt_s, K)
+        b2 = time_batch(path, Qs, CORES)[0] if not args.no_two_threads and CORES > 1 else None
+        if kind != "exact floor":                 # results do not depend on threads: the real-query recall uses all
+            set_threads(CORES)
+            with threadpool_limits(limits=CORES, user_api="blas"):
+                r["recall_real"] = knn_intersection(path(real_q), gt_r, K)
+            set_threads(SEARCH_THREADS)
         r.update({"single": single, "batch_1t": b1, "batch_2t": b2, "p50_ms": single["p50_ms"],
                   "p95_ms": single["p95_ms"], "qps1": single["qps"], "bqps1": b1["qps"],
                   "bqps2": b2["qps"] if b2 else None})
-        log(f"  {kind:<10} {label:<12} recall@10 syn {r['recall_syn']:.4f} real {fmt(r['recall_real'], '.4f')}  "
+        log(f"  {kind:<11} {label:<12} recall@10 syn {r['recall_syn']:.4f} real {fmt(r.get('recall_real'), '.4f')}  "
             f"1q p50 {single['p50_ms']:.3f} ms ({single['n']} q)  batch {b1['qps']:,.0f} q/s (1t)"
             + (f" {b2['qps']:,.0f} q/s (2t)" if b2 else ""))
         return r
 
-    # the floor: numpy on the same float32 matrix, BLAS limited to the same threads
-    log("  numpy floor (queries @ X.T + argpartition)")
+    log("  exact floor (knn.exact_topk on the float32 matrix)")
     with threadpool_limits(limits=SEARCH_THREADS, user_api="blas"):
-        r = measure("numpy", {}, Searcher(X), args.single_budget)
-    r["setting"] = "q @ X.T"
-    rows.append(r)
+        rows.append(measure("exact floor", {}, SearchPath(X, vids)))
+    rows[-1]["setting"] = "knn.exact_topk"
 
     for var in variants(size, args.quick, not args.no_opq):
         log(f"  building {var.label} ({var.cfg.kind}) with {BUILD_THREADS} threads")
@@ -684,14 +544,12 @@ def run_size(size: int, args, synth: Synth, real_q: np.ndarray, tmp: Path, large
         log(f"  built {var.label} in {info['build_s']:.1f}s (train {info['train_s']:.1f}s; plan {info['plan']['params']}); "
             f"{info['nbytes_per_vector']:.0f} B/vector, RSS +{info['rss_growth_per_vector']:.0f} B/vector")
         for i, setting in enumerate(var.settings):
-            r = measure(var.label, setting, Searcher(X, vi, setting), args.single_budget)
+            r = measure(var.label, setting, SearchPath(X, vids, vi, setting))
             if i == 0:
-                r.update({"build_s": info["build_s"], "train_s": info["train_s"] if var.cfg.kind != "flat" and
-                          var.cfg.kind != "hnsw" else None, "ram_bpv": info["nbytes_per_vector"],
-                          "rss_bpv": info["rss_growth_per_vector"]})
+                r.update({"build_s": info["build_s"], "train_s": info["train_s"] if vi.ivf is not None else None,
+                          "ram_bpv": info["nbytes_per_vector"], "rss_bpv": info["rss_growth_per_vector"]})
             rows.append(r)
-        plan = vi.plan
-        info["disk"] = disk_and_mmap(vi, var, plan, size, tmp, Qs, var.settings[-1], do_reads=largest)
+        info["disk"] = disk_and_mmap(vi, var, size, tmp, Qs, var.settings[-1], do_reads=largest)
         rows[-len(var.settings)]["disk_bpv"] = info["disk"]["disk_per_vector"]
         info["settings"] = var.settings
         res["builds"].append(info)
@@ -700,8 +558,7 @@ def run_size(size: int, args, synth: Synth, real_q: np.ndarray, tmp: Path, large
 
     if store_size == size:
         log(f"  DuckDB re-score fetch: Store.vectors(vids) on a store holding {size:,} vectors")
-        res["store_fetch"] = store_fetch(X, tmp, reps=args.store_reps)
-        sf = res["store_fetch"]
+        res["store_fetch"] = sf = store_fetch(X, tmp, reps=args.store_reps)
         log(f"  store filled in {sf['fill_s']:.1f}s; vectors(40 vids) p50 {sf['vids_40']['p50_ms']:.2f} ms, "
             f"vectors(160 vids) p50 {sf['vids_160']['p50_ms']:.2f} ms")
     res["rows"] = rows
@@ -711,7 +568,7 @@ def run_size(size: int, args, synth: Synth, real_q: np.ndarray, tmp: Path, large
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000", help="comma-separated index sizes")
-    ap.add_argument("--quick", action="store_true", help="20k vectors only, fewer settings (~2 min smoke run)")
+    ap.add_argument("--quick", action="store_true", help="20k vectors only, fewer settings, no OPQ: a smoke run")
     ap.add_argument("--queries", type=int, default=1000, help="held-out synthetic queries (batched and recall)")
     ap.add_argument("--real-queries", type=int, default=0, help="real fitz-gov queries for recall (0 = all 2,812)")
     ap.add_argument("--single", type=int, default=1000, help="most queries timed one at a time per setting")
@@ -723,42 +580,40 @@ def main() -> None:
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the other processes to go quiet")
     ap.add_argument("--no-two-threads", action="store_true", help="skip the batched 2-thread column")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output directory")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     ap.add_argument("--replot", action="store_true", help="only redraw the PNG from <out>/index.json")
     args = ap.parse_args()
     if args.replot:
         report = json.loads((args.out / "index.json").read_text())
-        rows = [r for res in report["sizes"] for r in res["rows"]]
-        plot(rows, [res["size"] for res in report["sizes"]], args.out / "index_recall_qps.png")
+        plot([r for res in report["sizes"] for r in res["rows"]], [res["size"] for res in report["sizes"]],
+             args.out / "index_recall_qps.png")
         print(args.out / "index_recall_qps.png")
         return
     sizes = [20_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.quick:
-        args.single_budget = min(args.single_budget, 3.0)
-        args.store_reps = min(args.store_reps, 20)
+        args.single_budget, args.store_reps, args.no_opq = min(args.single_budget, 3.0), min(args.store_reps, 20), True
     args.out.mkdir(parents=True, exist_ok=True)
     set_threads(SEARCH_THREADS)
     log(f"bench_index: sizes {sizes}, {args.queries} synthetic queries, {CORES} cores, faiss {faiss.__version__}")
-
     if args.wait_idle:
-        busy = wait_idle(args.wait_idle)
-        log(f"starting; other processes use {fmt(busy, '.0%')} of the cores")
+        log(f"starting; other processes use {fmt(common.wait_idle(args.wait_idle), '.0%')} of the cores")
     t_all = perf()
-    docs, real_q_all = embeddings_cache(ROOT / "benchmarks" / "results")   # the cache stays here whatever --out
-    real_q = np.ascontiguousarray(real_q_all[pick_evenly(len(real_q_all), args.real_queries)])
+    docs, real_q_all = embeddings_cache(RESULTS)                         # the cache stays there whatever --out
+    real_q = np.ascontiguousarray(common.pick_evenly(real_q_all, args.real_queries))
     synth = Synth(docs)
 
     # does the generator look like the real data? median 1st / 10th neighbour cosine, real vs synthetic
     log("nearest-neighbour cosine: real documents vs synthetic sets")
-    nn = {"real_docs_vs_docs": nn_stats(exact_topk(docs, docs, K, exclude_self=True)[0]),
-          "real_queries_vs_docs": nn_stats(exact_topk(real_q, docs, K)[0])}
+    doc_vids = np.arange(len(docs), dtype=np.int64)
     small, _ = synth.sample(len(docs), stream=2)
-    nn["synthetic_same_size_vs_itself"] = nn_stats(exact_topk(small, small, K, exclude_self=True)[0])
-    nn["real_queries_vs_synthetic_same_size"] = nn_stats(exact_topk(real_q, small, K)[0])
+    with threadpool_limits(limits=CORES, user_api="blas"):
+        nn = {"real_docs_vs_docs": nn_stats(exact(docs, docs, doc_vids, K, exclude_self=True)[0]),
+              "real_queries_vs_docs": nn_stats(exact(real_q, docs, doc_vids, K)[0]),
+              "synthetic_same_size_vs_itself": nn_stats(exact(small, small, doc_vids, K, exclude_self=True)[0]),
+              "real_queries_vs_synthetic_same_size": nn_stats(exact(real_q, small, doc_vids, K)[0])}
     del small
     for k_, v in nn.items():
-        log(f"  {k_:<32} {v}")
-    set_threads(SEARCH_THREADS)
+        log(f"  {k_:<36} {v}")
 
     # the DuckDB fetch is measured once, on the 100k store (or the smallest size when that is <= 200k)
     store_size = 100_000 if 100_000 in sizes else (min(sizes) if min(sizes) <= 200_000 else None)
@@ -774,22 +629,16 @@ def main() -> None:
     total = perf() - t_all
 
     rows = [r for res in results for r in res["rows"]]
-    report = {
-        "command": " ".join(sys.argv),
-        "machine": {"cores": CORES, "platform": platform.platform(), "python": platform.python_version(),
-                    "faiss": faiss.__version__, "numpy": np.__version__, "loadavg_end": list(os.getloadavg())},
+    common.write_json(args.out / "index.json", {
+        "command": " ".join(sys.argv), "machine": common.machine("faiss", "numpy"),
         "threads": {"build": BUILD_THREADS, "search": SEARCH_THREADS},
         "k": K, "dim": DIM, "synthetic_queries": args.queries, "real_queries": len(real_q),
-        "generator": synth.describe(), "nn_cosine": nn, "total_s": total,
-        "sizes": results,
-    }
-    (args.out / "index.json").write_text(json.dumps(report, indent=1, default=float))
+        "generator": synth.describe(), "nn_cosine": nn, "total_s": total, "sizes": results})
     plot(rows, sizes, args.out / "index_recall_qps.png")
 
-    others = [x for res in results for b in res["builds"] for x in [b["build_others_share"]] if x is not None]
-    others += [r["single"]["others_share"] for r in rows if r["single"]["others_share"] is not None]
-    print()
-    print(f"bench_index: {DIM}-d synthetic vectors (fitz-gov cluster structure), k={K}, {args.queries} held-out "
+    others = [b["build_others_share"] for res in results for b in res["builds"]]
+    others = [x for x in others + [r["single"]["others_share"] for r in rows] if x is not None]
+    print(f"\nbench_index: {DIM}-d synthetic vectors (fitz-gov cluster structure), k={K}, {args.queries} held-out "
           f"synthetic queries, {len(real_q)} real fitz-gov queries; builds {BUILD_THREADS} threads, searches "
           f"{SEARCH_THREADS} thread (batch 2t column: {CORES})")
     print("NN cosine medians (top-1 / top-10): " + "; ".join(
@@ -802,14 +651,12 @@ def main() -> None:
     print(render_table(rows))
     mm = render_mmap(results)
     if mm:
-        print()
-        print("largest size: plain read vs memory-mapped open (RSS growth of this process; page cache warm)")
+        print("\nlargest size: plain read vs memory-mapped open (RSS growth of this process; page cache warm)")
         print(mm)
     for res in results:
         sf = res.get("store_fetch")
         if sf:
-            print()
-            print(f"ivf_pq re-score fetch from DuckDB (Store.vectors on {sf['vectors']:,} vectors, not included above): "
+            print(f"\nivf_pq re-score fetch from DuckDB (Store.vectors on {sf['vectors']:,} vectors, not included above): "
                   f"40 vids p50 {sf['vids_40']['p50_ms']:.2f} ms / p95 {sf['vids_40']['p95_ms']:.2f} ms; "
                   f"160 vids p50 {sf['vids_160']['p50_ms']:.2f} ms / p95 {sf['vids_160']['p95_ms']:.2f} ms")
     if others and max(others) > 0.1:

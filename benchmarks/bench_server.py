@@ -6,17 +6,22 @@
     python benchmarks/bench_server.py --quick              # 200 docs, tiny counts: a smoke run
 
 What it does:
-  1. builds an index of the default corpus (`fitz_gov_subset(docs)`, `Retriever.create(path, RetrieverConfig())`
-     + upsert + close), or reuses the one at --index;
-  2. the floor: the same queries through one in-process `Retriever.search(q, k=10, rerank=...)`, sequentially,
-     after 3 warm-up searches (index opened read-only, closed before the server starts);
-  3. starts `retriever serve DIR` as a real subprocess on a free 127.0.0.1 port, waits for GET /readyz = 200;
-  4. for rerank in (False, True) x clients in (1, 4, 16): one untimed warm-up search, then N client threads, each
+  1. builds an index of the default corpus (`common.fitz_index`: `fitz_gov_subset(docs)` with
+     `RetrieverConfig()`), or reuses the one at --index;
+  2. deals out query texts: every row (and every warm-up search) gets its own distinct fitz-gov labeled query
+     texts, the subset's own first, then the other labeled fitz-gov queries; no text is sent twice, within a row
+     or across rows, so neither the query-embedding cache nor the rerank-score cache can answer a timed request
+     (the server has no route that clears them; they stay at the shipped sizes). The cache hits seen during each
+     row (from `Retriever.cache_stats()` in-process, GET /v1/stats over HTTP) are in the table: 0 proves it.
+     With too few texts for the requested counts, every row's count shrinks alike and the output says so;
+  3. the floor: one in-process `Retriever.search(q, k=10, rerank=...)` per text, sequentially, after 3 warm-up
+     searches (index opened read-only, closed before the server starts);
+  4. starts `retriever serve DIR` as a real subprocess on a free 127.0.0.1 port, waits for GET /readyz = 200;
+  5. for rerank in (False, True) x clients in (1, 4, 16): one untimed warm-up search, then N client threads, each
      with its own keep-alive `http.client` connection, POST /v1/search {"query", "k": 10, "rerank"} until the
-     fixed number of requests is sent (queries in the same order as the floor). Latency is per request (send to
-     last body byte); throughput = 200 responses / wall time of the run; any other status or a failed
-     connection is an error (counted, first message kept);
-  5. SIGTERM to the server (also when something failed), one table on stdout, every number in
+     row's texts are sent. Latency is per request (send to last body byte); throughput = responses / wall time of
+     the row; any other status or a failed connection is an error (counted, first message kept);
+  6. SIGTERM to the server (also when something failed), one table on stdout, every number in
      benchmarks/results/bench_server.json; the server's log goes to benchmarks/results/bench_server.server.log.
 
 The clients run in this process on the same cores as the server (loopback only), so the rows include the
@@ -24,14 +29,13 @@ client's cost; each row records the CPU seconds of the server, of this process a
 """
 from __future__ import annotations
 
-from benchenv import ROOT, cpu_seconds, machine_busy_seconds  # first: offline hubs, quiet warnings, the repository on sys.path
+import common  # first: offline hubs, quiet warnings, the repository on sys.path
 
 import argparse  # noqa: E402
 import http.client  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -42,107 +46,72 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
+from common import RESULTS, Phase, fmt, latency, log, pct, perf  # noqa: E402
+from retriever import Retriever  # noqa: E402
+from retriever.datasets import fitz_gov_queries, fitz_gov_subset  # noqa: E402
 
-from retriever import Retriever, RetrieverConfig, runtime  # noqa: E402
-from retriever.datasets import fitz_gov_subset  # noqa: E402
-
-perf = time.perf_counter
 HOST = "127.0.0.1"
 K = 10
-RESULTS = ROOT / "benchmarks" / "results"
+FLOOR_WARMUP = 3
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values, q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of another process (Linux /proc), or None."""
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc; 0 when it cannot be read)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
-        return None
+        return 0.0
 
 
-class CpuMeter:
-    """Wall time and CPU seconds over a block: this process, the server, and every other process."""
-
-    def __init__(self, server_pid: int | None):
-        self.pid = server_pid
-
-    def __enter__(self):
-        self.w0, self.c0, self.m0 = perf(), cpu_seconds(), machine_busy_seconds()
-        self.s0 = proc_cpu_seconds(self.pid) if self.pid else None
-        return self
-
-    def __exit__(self, *exc):
-        wall, ours = perf() - self.w0, cpu_seconds() - self.c0
-        m1 = machine_busy_seconds()
-        s1 = proc_cpu_seconds(self.pid) if self.pid else None
-        server = s1 - self.s0 if s1 is not None and self.s0 is not None else 0.0
-        others = None
-        if m1 is not None and self.m0 is not None and wall > 0:
-            others = round(max(0.0, (m1 - self.m0) - ours - server) / (wall * runtime.cores()), 3)
-        self.result = {"cpu_s_bench_process": round(ours, 2), "cpu_s_server": round(server, 2),
-                       "others_share": others}
+def cache_hits(stats: dict) -> int:
+    """Hits of both caches so far, from `cache_stats()` / the "caches" block of GET /v1/stats."""
+    return sum(c["hits"] for c in stats.values())
 
 
-def latency_row(mode: str, clients, lat_s: list[float], wall: float, errors: int, **extra) -> dict:
-    ms = [x * 1000 for x in lat_s]
-    return {"mode": mode, "clients": clients, "requests": len(lat_s) + errors, "errors": errors,
-            "wall_s": round(wall, 3), "throughput_qps": len(lat_s) / wall if wall > 0 else None,
-            "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95), "p99_ms": pct(ms, 99),
-            "mean_ms": float(np.mean(ms)) if ms else None, "max_ms": max(ms) if ms else None, **extra}
+def row(mode: str, clients, seconds: list[float], phase: Phase, errors: int, hits: int, **extra) -> dict:
+    return {"mode": mode, "clients": clients, "requests": len(seconds) + errors, "errors": errors,
+            "throughput_qps": len(seconds) / phase.wall if phase.wall > 0 else None, "cache_hits": hits,
+            **latency(seconds), "phase": phase.record(), **extra}
 
 
-# ------------------------------------------------------------------------------------------------- index
-def prepare_index(path: Path, docs) -> dict:
-    if (path / "manifest.json").is_file():
-        with Retriever.open(path, read_only=True) as r:
-            n = len(r)
-        log(f"reusing the index at {path} ({n} documents)")
-        if n != len(docs):
-            log(f"WARNING: the index holds {n} documents, the corpus {len(docs)}: queries may miss their documents")
-        return {"built": False, "documents": n}
-    log(f"building an index of {len(docs)} documents at {path}")
-    t0 = perf()
-    r = Retriever.create(path, RetrieverConfig())
-    try:
-        rep = r.upsert(docs)
-    finally:
-        r.close()
-    secs = perf() - t0
-    log(f"  {rep.documents} documents, {rep.vectors} vectors in {secs:.1f} s (model load included)")
-    return {"built": True, "documents": rep.documents, "vectors": rep.vectors, "build_s": round(secs, 1)}
+# ------------------------------------------------------------------------------------------- query texts
+def deal_texts(subset_labeled, counts: dict[bool, int], rows_per_mode: int, warmups: int) -> tuple[dict, dict]:
+    """Distinct texts for every row: {(rerank, row index): [texts]} and {"warmup": [...]} plus a note."""
+    subset = [q.query for q in common.distinct_texts(subset_labeled)]
+    others = [q.query for q in common.distinct_texts(fitz_gov_queries()) if q.query not in set(subset)]
+    pool = subset + others
+    want = rows_per_mode * sum(counts.values()) + warmups
+    scale = 1.0 if want <= len(pool) else (len(pool) - warmups) / (want - warmups)
+    got = {rr: max(1, int(n * scale)) for rr, n in counts.items()}
+    it = iter(pool)
+    dealt = {"warmup": [next(it) for _ in range(warmups)]}
+    for rr in (False, True):
+        for i in range(rows_per_mode):
+            dealt[(rr, i)] = [next(it) for _ in range(got[rr])]
+    used = warmups + rows_per_mode * sum(got.values())
+    note = (f"{len(pool)} distinct fitz-gov labeled query texts ({len(subset)} labeled for this subset, the rest "
+            f"for other fitz-gov documents), {used} used")
+    if scale < 1.0:
+        note += (f"; REDUCED: {counts[False]}/{counts[True]} requests per row wanted, {got[False]}/{got[True]} "
+                 f"sent (not enough distinct texts)")
+    return dealt, {"texts_note": note, "requests_per_row": {"no rerank": got[False], "rerank": got[True]}}
 
 
 # --------------------------------------------------------------------------------------------- the floor
-def in_process(path: Path, queries: list[str], counts: dict[bool, int]) -> list[dict]:
+def in_process(path: Path, dealt: dict, warm: list[str]) -> list[dict]:
     rows = []
-    r = Retriever.open(path, read_only=True)
-    try:
-        for rerank, n in counts.items():
-            for q in queries[-3:]:
+    with Retriever.open(path, read_only=True) as r:
+        for rerank in (False, True):
+            for q in warm:
                 r.search(q, k=K, rerank=rerank)
-            lat = []
-            with CpuMeter(None) as cm:
-                t0 = perf()
-                for i in range(n):
-                    t = perf()
-                    r.search(queries[i % len(queries)], k=K, rerank=rerank)
-                    lat.append(perf() - t)
-                wall = perf() - t0
-            rows.append(latency_row("rerank" if rerank else "no rerank", "in-process", lat, wall, 0, **cm.result))
-            log(f"  in-process rerank={rerank}: {n} searches, p50 {rows[-1]['p50_ms']:.1f} ms")
-    finally:
-        r.close()
+            h0 = cache_hits(r.cache_stats())
+            with Phase() as ph:
+                seconds, _ = common.time_each(lambda q: r.search(q, k=K, rerank=rerank), dealt[(rerank, 0)])
+            rows.append(row("rerank" if rerank else "no rerank", "in-process", seconds, ph, 0,
+                            cache_hits(r.cache_stats()) - h0))
+            log(f"  in-process rerank={rerank}: {len(seconds)} searches, p50 {rows[-1]['p50_ms']:.1f} ms")
     return rows
 
 
@@ -171,6 +140,10 @@ def get_json(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict]:
         conn.close()
 
 
+def server_cache_hits(port: int) -> int:
+    return cache_hits(get_json(port, "/v1/stats")[1]["caches"])
+
+
 def wait_ready(proc: subprocess.Popen, port: int, timeout: float) -> dict:
     deadline, last = time.monotonic() + timeout, "no answer yet"
     while time.monotonic() < deadline:
@@ -189,8 +162,9 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float) -> dict:
     raise RuntimeError(f"the server was not ready after {timeout:.0f} s (last: {last})")
 
 
-def http_run(port: int, queries: list[str], n: int, clients: int, rerank: bool, server_pid: int) -> dict:
-    bodies = [json.dumps({"query": q, "k": K, "rerank": rerank}).encode() for q in queries]
+def http_run(port: int, texts: list[str], clients: int, rerank: bool, server_pid: int) -> dict:
+    """`clients` threads send one request per text between them, each text once."""
+    bodies = [json.dumps({"query": q, "k": K, "rerank": rerank}).encode() for q in texts]
     headers = {"Content-Type": "application/json"}
     counter, lock = itertools.count(), threading.Lock()
     start = threading.Barrier(clients + 1)
@@ -218,11 +192,11 @@ def http_run(port: int, queries: list[str], n: int, clients: int, rerank: bool, 
         while True:
             with lock:
                 i = next(counter)
-            if i >= n:
+            if i >= len(bodies):
                 break
             t0 = perf()
             try:
-                conn.request("POST", "/v1/search", body=bodies[i % len(bodies)], headers=headers)
+                conn.request("POST", "/v1/search", body=bodies[i], headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException) as e:
@@ -246,36 +220,33 @@ def http_run(port: int, queries: list[str], n: int, clients: int, rerank: bool, 
     threads = [threading.Thread(target=client, name=f"client-{c}") for c in range(clients)]
     for t in threads:
         t.start()
-    with CpuMeter(server_pid) as cm:
+    h0 = server_cache_hits(port)
+    with Phase(exclude_cpu=lambda: proc_cpu_seconds(server_pid)) as ph:
         start.wait()
-        t0 = perf()
         for t in threads:
             t.join()
-        wall = perf() - t0
-    return latency_row("rerank" if rerank else "no rerank", clients, lat, wall, sum(errors.values()),
-                       server_total_p50_ms=pct(server_total, 50), server_queue_p50_ms=pct(queue_ms, 50),
-                       error_kinds=errors, first_error=first_error[0] if first_error else None, **flags, **cm.result)
+    return row("rerank" if rerank else "no rerank", clients, lat, ph, sum(errors.values()),
+               server_cache_hits(port) - h0, server_total_p50_ms=pct(server_total, 50),
+               server_queue_p50_ms=pct(queue_ms, 50), error_kinds=errors,
+               first_error=first_error[0] if first_error else None, **flags)
+
+
+def stop(proc: subprocess.Popen, server_log: Path) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log("the server did not stop within 60 s of SIGTERM; killing it")
+            proc.kill()
+            proc.wait()
+    log(f"server stopped (exit code {proc.returncode})")
+    if proc.returncode not in (0, -signal.SIGTERM):
+        log("server log tail:\n" + "\n".join(server_log.read_text(errors="replace").splitlines()[-20:]))
+    return proc.returncode
 
 
 # -------------------------------------------------------------------------------------------------- main
-def print_table(rows: list[dict]) -> None:
-    def f(x, nd=1):
-        return "-" if x is None else f"{x:,.{nd}f}"
-
-    head = ["mode", "clients", "requests", "errors", "q/s", "p50 ms", "p95 ms", "p99 ms", "server p50", "others"]
-    lines = [[r["mode"], str(r["clients"]), str(r["requests"]), str(r["errors"]), f(r["throughput_qps"], 2),
-              f(r["p50_ms"]), f(r["p95_ms"]), f(r["p99_ms"]), f(r.get("server_total_p50_ms")),
-              "-" if r.get("others_share") is None else f"{r['others_share']:.0%}"] for r in rows]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    print(fmt.format(*head))
-    print(fmt.format(*("-" * w for w in widths)))
-    for line in lines:
-        print(fmt.format(*line))
-    print("server p50: the server's own timings_ms.total; others: share of the cores used by other processes "
-          "(not this script, not the server) during the row")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--index", type=Path, help="index directory: reused if it holds an index, else built there "
@@ -293,29 +264,23 @@ def main() -> int:
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if not clients or min(clients) < 1 or args.requests < 1 or args.rerank_requests < 1:
         p.error("--clients, --requests and --rerank-requests must be positive")
-    counts = {False: args.requests, True: args.rerank_requests}
-    RESULTS.mkdir(parents=True, exist_ok=True)
 
-    docs, labeled = fitz_gov_subset(args.docs)
-    queries = [q.query for q in labeled]
-    tmp = None
-    if args.index is None:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))
-        index = tmp / "index"
-    else:
-        index = args.index
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "python": platform.python_version(),
-            "cores": runtime.cores(), "loadavg_start": list(os.getloadavg()), "docs": len(docs),
-            "queries_available": len(queries), "k": K, "requests": counts[False], "rerank_requests": counts[True],
-            "clients": clients, "quick": args.quick}
+    _, labeled = fitz_gov_subset(args.docs)
+    warmups = 2 * (FLOOR_WARMUP + len(clients))  # per rerank mode: the floor's and one per HTTP row
+    dealt, meta = deal_texts(labeled, {False: args.requests, True: args.rerank_requests}, 1 + len(clients), warmups)
+    warm = iter(dealt["warmup"])
+    tmp = Path(tempfile.mkdtemp(prefix="bench-server-")) if args.index is None else None
+    index = args.index or tmp / "index"
+    meta.update(machine_start=common.machine(), k=K, clients=clients, quick=args.quick,
+                caches="on at the shipped sizes; distinct texts everywhere; no server route clears them")
     rows: list[dict] = []
     proc = None
     server_log = RESULTS / "bench_server.server.log"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     try:
-        meta["index"] = {"path": str(index), **prepare_index(index, docs)}
-        log("in-process floor (sequential Retriever.search)")
-        floor = in_process(index, queries, counts)
-
+        meta["index"] = common.fitz_index(index, args.docs)
+        log(f"in-process floor (sequential Retriever.search); {meta['texts_note']}")
+        floor = in_process(index, dealt, [next(warm) for _ in range(FLOOR_WARMUP)])
         port = free_port()
         cmd = [*retriever_command(), "serve", str(index), "--host", HOST, "--port", str(port)]
         log(f"starting {' '.join(cmd)} (log: {server_log})")
@@ -330,39 +295,36 @@ def main() -> int:
 
         for rerank in (False, True):
             rows.append(floor[int(rerank)])
-            for c in clients:
-                http_run(port, queries[-1:], 1, 1, rerank, proc.pid)  # untimed warm-up search
-                row = http_run(port, queries, counts[rerank], c, rerank, proc.pid)
-                rows.append(row)
-                log(f"  rerank={rerank} clients={c}: {row['throughput_qps']:.2f} q/s, p50 {row['p50_ms'] or 0:.0f} ms, "
-                    f"errors {row['errors']}" + (f" ({row['first_error']})" if row["errors"] else ""))
+            for i, c in enumerate(clients, 1):
+                http_run(port, [next(warm)], 1, rerank, proc.pid)  # untimed warm-up search
+                rows.append(http_run(port, dealt[(rerank, i)], c, rerank, proc.pid))
+                x = rows[-1]
+                log(f"  rerank={rerank} clients={c}: {x['throughput_qps']:.2f} q/s, p50 {x.get('p50_ms') or 0:.0f} ms, "
+                    f"errors {x['errors']}" + (f" ({x['first_error']})" if x["errors"] else ""))
     finally:
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    log("the server did not stop within 60 s of SIGTERM; killing it")
-                    proc.kill()
-                    proc.wait()
-            meta.setdefault("server", {})["exit_code"] = proc.returncode
-            log(f"server stopped (exit code {proc.returncode})")
-            if proc.returncode not in (0, -signal.SIGTERM):
-                tail = server_log.read_text(errors="replace").splitlines()[-20:]
-                log("server log tail:\n" + "\n".join(tail))
+            meta.setdefault("server", {})["exit_code"] = stop(proc, server_log)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    meta["loadavg_end"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print()
-    print(f"{meta['docs']} docs, k={K}, {meta['cores']} cores, loopback {HOST}; load average "
-          f"{meta['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end")
-    print_table(rows)
-    print(f"\nraw numbers: {args.out}")
-    bad = sum(r["errors"] for r in rows)
+    meta["machine_end"] = common.machine()
+    common.write_json(args.out, {"meta": meta, "rows": rows})
+    print(f"\nbench_server: fitz_gov_subset({args.docs}), k={K}, {common.CORES} cores, loopback {HOST}; load average "
+          f"{meta['machine_start']['loadavg'][0]:.2f} at start, {meta['machine_end']['loadavg'][0]:.2f} at end")
+    print(f"queries: every row and every warm-up search has its own texts, no text is sent twice "
+          f"({meta['texts_note']}); caches: left on (no server route clears them), so a hit would show in the "
+          f"'cache hits' column")
+    print(common.table(
+        ["mode", "clients", "requests", "errors", "q/s", "p50 ms", "p95 ms", "p99 ms", "server p50", "cache hits",
+         "others"],
+        [[x["mode"], x["clients"], x["requests"], x["errors"], fmt(x["throughput_qps"], ",.2f"),
+          fmt(x.get("p50_ms"), ",.1f"), fmt(x.get("p95_ms"), ",.1f"), fmt(x.get("p99_ms"), ",.1f"),
+          fmt(x.get("server_total_p50_ms"), ",.1f"), x["cache_hits"], fmt(x["phase"]["others_share"], ".0%")]
+         for x in rows], align="ll"))
+    print("server p50: the server's own timings_ms.total; cache hits: query-embedding + rerank-score cache hits "
+          "during the row; others: share of the cores used by other processes (not this script, not the server)")
+    print(f"JSON: {args.out}")
+    bad = sum(x["errors"] for x in rows)
     if bad:
         print(f"WARNING: {bad} requests failed; see error_kinds / first_error in the JSON")
     return 1 if bad else 0

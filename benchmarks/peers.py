@@ -23,7 +23,7 @@ Every pipeline has the same small surface, used by `bench_speed.py` in its own s
   llama-index VectorStoreIndex on FaissVectorStore(IndexFlatIP(384)), HuggingFaceEmbedding(normalize=True),
               LlamaIndex defaults otherwise (SentenceSplitter 1024/200, metadata embedded as MetadataMode.EMBED),
               as_retriever(similarity_top_k=20) + SentenceTransformerRerank(top_n=10). No batched rerank: a loop.
-              (The same stack as bench_llama_index.py.)
+              (bench_llama_index.py runs this class beside our LlamaIndex adapter.)
 
 Missing packages raise `PeerUnavailable` with the pip command; the caller prints it in the table row.
 """
@@ -56,9 +56,26 @@ def _find_spec_safe(name: str):
         return None
 
 
+class Pipeline:
+    """What bench_speed calls besides build/retrieve/search/search_batch/info; the peers keep no caches and no
+    files, so these do nothing for them (ours, in bench_speed, overrides them)."""
+
+    batch_is_loop = False  # True: no batch API, bench_speed reports the single-query loop as the batched row
+    config_note: str | None = None  # settings worth a line under bench_speed's table
+
+    def prepare(self) -> None:
+        """Untimed, before each timed `build`."""
+
+    def clear_caches(self) -> None:
+        """Before every timed phase."""
+
+    def close(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------------------------------- bare
 
-class BarePipeline:
+class BarePipeline(Pipeline):
     name = "bare"
     batch_note = "one encode + one faiss search + one CrossEncoder.predict over all pairs of the batch"
 
@@ -73,7 +90,7 @@ class BarePipeline:
         self.ids: list[str] = []
         self.texts: list[str] = []
 
-    def _encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                               show_progress_bar=False).astype(np.float32, copy=False)
 
@@ -81,21 +98,21 @@ class BarePipeline:
         self.ids = [d.id for d in docs]
         self.texts = [d.text for d in docs]
         index = self._faiss.IndexFlatIP(DIM)
-        index.add(self._encode(self.texts))
+        index.add(self.encode(self.texts))
         self.index = index
 
-    def _candidates(self, queries: list[str]) -> np.ndarray:
-        _, rows = self.index.search(self._encode(queries), TOP_K)
+    def candidate_rows(self, queries: list[str]) -> np.ndarray:
+        _, rows = self.index.search(self.encode(queries), TOP_K)
         return rows
 
     def retrieve(self, query: str) -> list[str]:
-        return [self.ids[i] for i in self._candidates([query])[0] if i >= 0]
+        return [self.ids[i] for i in self.candidate_rows([query])[0] if i >= 0]
 
     def search(self, query: str) -> list[str]:
         return self.search_batch([query])[0]
 
     def search_batch(self, queries: list[str]) -> list[list[str]]:
-        rows = [[i for i in r if i >= 0] for r in self._candidates(queries)]
+        rows = [[i for i in r if i >= 0] for r in self.candidate_rows(queries)]
         pairs = [(q, self.texts[i]) for q, r in zip(queries, rows) for i in r]
         scores = np.asarray(self.ce.predict(pairs, show_progress_bar=False), dtype=np.float64)
         out, at = [], 0
@@ -109,7 +126,7 @@ class BarePipeline:
     def info(self) -> dict:
         return {"vectors": int(self.index.ntotal) if self.index is not None else 0,
                 "embedder_max_seq_length": int(self.st.max_seq_length),
-                "cross_encoder_max_length": getattr(self.ce, "max_length", None),
+                "cross_encoder_max_length": self.ce.max_seq_length,
                 "chunking": "none (whole documents, truncated by the model)"}
 
 
@@ -118,10 +135,10 @@ class BarePipeline:
 LANGCHAIN_PINS = "langchain-community==0.4.2 langchain-classic==1.0.8 langchain-text-splitters==1.1.3"
 
 
-class LangChainPipeline:
+class LangChainPipeline(Pipeline):
     name = "langchain"
     batch_note = "loop of ContextualCompressionRetriever.invoke (no batched rerank in LangChain)"
-    batch_is_loop = True  # bench_speed reports the single-query loop for its batched row instead of timing it twice
+    batch_is_loop = True
 
     def __init__(self, embedder_path: str, reranker_path: str):
         require({"langchain_community": "langchain-community", "langchain_classic": "langchain-classic",
@@ -177,7 +194,7 @@ class LangChainPipeline:
 
 # -------------------------------------------------------------------------------------------- llama-index
 
-class LlamaIndexPipeline:
+class LlamaIndexPipeline(Pipeline):
     name = "llama-index"
     batch_note = "loop of retrieve + SentenceTransformerRerank.postprocess_nodes (no batched rerank in LlamaIndex)"
     batch_is_loop = True
@@ -204,26 +221,32 @@ class LlamaIndexPipeline:
         from llama_index.core import StorageContext, VectorStoreIndex
         from llama_index.vector_stores.faiss import FaissVectorStore
 
-        store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(DIM))
+        flat = faiss.IndexFlatIP(DIM)
+        store = FaissVectorStore(faiss_index=flat)
         li_docs = [LIDocument(text=d.text, id_=d.id, metadata=dict(d.metadata)) for d in docs]
         index = VectorStoreIndex.from_documents(li_docs, storage_context=StorageContext.from_defaults(vector_store=store),
                                                 embed_model=self.embed)
-        self.nodes = int(store._faiss_index.ntotal)
+        self.nodes = int(flat.ntotal)
         self.retriever = index.as_retriever(similarity_top_k=TOP_K)
 
+    def retrieve_nodes(self, query: str) -> list:
+        return self.retriever.retrieve(query)
+
+    def search_nodes(self, query: str) -> list:
+        return self.rerank.postprocess_nodes(self.retriever.retrieve(query), query_str=query)
+
     def retrieve(self, query: str) -> list[str]:
-        return [n.node.ref_doc_id for n in self.retriever.retrieve(query)]
+        return [n.node.ref_doc_id for n in self.retrieve_nodes(query)]
 
     def search(self, query: str) -> list[str]:
-        nodes = self.retriever.retrieve(query)
-        return [n.node.ref_doc_id for n in self.rerank.postprocess_nodes(nodes, query_str=query)]
+        return [n.node.ref_doc_id for n in self.search_nodes(query)]
 
     def search_batch(self, queries: list[str]) -> list[list[str]]:
         return [self.search(q) for q in queries]
 
     def info(self) -> dict:
         return {"vectors": self.nodes, "chunking": "LlamaIndex default SentenceSplitter(1024, 200), MetadataMode.EMBED",
-                "embed_batch_size": getattr(self.embed, "embed_batch_size", None)}
+                "embed_batch_size": self.embed.embed_batch_size}
 
 
 PIPELINES = {"bare": BarePipeline, "langchain": LangChainPipeline, "llama-index": LlamaIndexPipeline}
