@@ -9,11 +9,12 @@ What it does:
   1. builds an index of the default corpus (`common.fitz_index`: `fitz_gov_subset(docs)` with
      `RetrieverConfig()`), or reuses the one at --index;
   2. deals out query texts: every row (and every warm-up search) gets its own distinct fitz-gov labeled query
-     texts, the subset's own first, then the other labeled fitz-gov queries; no text is sent twice, within a row
-     or across rows, so neither the query-embedding cache nor the rerank-score cache can answer a timed request
-     (the server has no route that clears them; they stay at the shipped sizes). The cache hits seen during each
-     row (from `Retriever.cache_stats()` in-process, GET /v1/stats over HTTP) are in the table: 0 proves it.
-     With too few texts for the requested counts, every row's count shrinks alike and the output says so;
+     texts (the subset's own, then the other labeled fitz-gov queries; picked evenly and dealt out interleaved, so
+     every row gets the same spread of categories); no text is sent twice, within a row or across rows, so
+     neither the query-embedding cache nor the rerank-score cache can answer a timed request (the server has no
+     route that clears them; they stay at the shipped sizes). The cache hits seen during each row (from
+     `Retriever.cache_stats()` in-process, GET /v1/stats over HTTP) are in the table: 0 proves it. With too few
+     texts for the requested counts, every row's count shrinks alike and the output says so;
   3. the floor: one in-process `Retriever.search(q, k=10, rerank=...)` per text, sequentially, after 3 warm-up
      searches (index opened read-only, closed before the server starts);
   4. starts `retriever serve DIR` as a real subprocess on a free 127.0.0.1 port, waits for GET /readyz = 200;
@@ -78,19 +79,21 @@ def row(mode: str, clients, seconds: list[float], phase: Phase, errors: int, hit
 
 # ------------------------------------------------------------------------------------------- query texts
 def deal_texts(subset_labeled, counts: dict[bool, int], rows_per_mode: int, warmups: int) -> tuple[dict, dict]:
-    """Distinct texts for every row: {(rerank, row index): [texts]} and {"warmup": [...]} plus a note."""
+    """Distinct texts for every row, {"warmup": [...], (rerank, row index): [...]}, and a note for the output.
+    The texts used are picked evenly from the pool and dealt out interleaved, so every row gets the same spread of
+    query categories (the pool is in query-id order, i.e. by category)."""
     subset = [q.query for q in common.distinct_texts(subset_labeled)]
-    others = [q.query for q in common.distinct_texts(fitz_gov_queries()) if q.query not in set(subset)]
-    pool = subset + others
+    seen = set(subset)
+    pool = subset + [q.query for q in common.distinct_texts(fitz_gov_queries()) if q.query not in seen]
     want = rows_per_mode * sum(counts.values()) + warmups
     scale = 1.0 if want <= len(pool) else (len(pool) - warmups) / (want - warmups)
     got = {rr: max(1, int(n * scale)) for rr, n in counts.items()}
-    it = iter(pool)
-    dealt = {"warmup": [next(it) for _ in range(warmups)]}
-    for rr in (False, True):
-        for i in range(rows_per_mode):
-            dealt[(rr, i)] = [next(it) for _ in range(got[rr])]
-    used = warmups + rows_per_mode * sum(got.values())
+    sizes = {"warmup": warmups, **{(rr, i): got[rr] for rr in (False, True) for i in range(rows_per_mode)}}
+    used = sum(sizes.values())
+    slots = sorted(((j + 0.5) / n, k) for k, n in enumerate(sizes.values()) for j in range(n))
+    keys, dealt = list(sizes), {key: [] for key in sizes}
+    for text, (_, k) in zip(common.pick_evenly(pool, used), slots):
+        dealt[keys[k]].append(text)
     note = (f"{len(pool)} distinct fitz-gov labeled query texts ({len(subset)} labeled for this subset, the rest "
             f"for other fitz-gov documents), {used} used")
     if scale < 1.0:
