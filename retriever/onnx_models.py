@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -252,8 +254,9 @@ def export_sentence_encoder(src: Path, out: Path) -> None:
     # (measured on fitz-gov passages). Fusing first (attention, layer norms, gelu) made it 1.3x faster again.
     import onnx
 
-    quantize_dynamic(str(fused or fp32), str(out / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    with _without_preprocess_hint():
+        quantize_dynamic(str(fused or fp32), str(out / "model.onnx"), weight_type=QuantType.QInt8,
+                         per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     for f in (fp32, fused):
         if f is not None:
             f.unlink()
@@ -264,6 +267,26 @@ def export_sentence_encoder(src: Path, out: Path) -> None:
             "dim": int(st.get_embedding_dimension()), "max_seq_length": int(st.max_seq_length),
             "export_version": EXPORT_VERSION, "quantization": "dynamic int8, per-channel weights"}
     (out / "export.json").write_text(json.dumps(meta, indent=1))
+
+
+@contextmanager
+def _without_preprocess_hint():
+    """onnxruntime's quantizer advises "pre-processing before quantization" with `logging.warning` on the root
+    logger, which also installs a stderr handler there when it has none. The advice is about shape inference for
+    image models; here it is noise in a user's first run. Drop that record, and leave the root logger as it was."""
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None  # keeps logging.warning from basicConfig
+    hint = logging.Filter()
+    hint.filter = lambda record: "pre-processing before quantization" not in record.getMessage()
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
 
 
 def _fuse_bert(fp32: Path, config) -> Path | None:
@@ -282,7 +305,5 @@ def _fuse_bert(fp32: Path, config) -> Path | None:
         model.save_model_to_file(str(out))
         return out
     except Exception as e:  # noqa: BLE001 - an optimizer that cannot handle a graph leaves the plain export
-        import logging
-
         logging.getLogger(__name__).info("onnx fusion skipped for %s: %s", fp32, e)
         return None

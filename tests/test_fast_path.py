@@ -521,3 +521,20 @@ def test_onnx_export_reproduces_concatenated_pooling_modes(tmp_path, monkeypatch
     a, b = onnx[:, 384:768], ref[:, 384:768]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert np.all(cos > 0.98), cos
+
+
+@pytest.mark.real
+def test_first_export_prints_nothing_and_leaves_the_root_logger_alone(tmp_path):
+    """A user's first run exports the embedder: onnxruntime's quantizer would print its pre-processing advice
+    through the root logger (and install a handler there); nothing of it reaches stderr or stays behind."""
+    script = ("import logging\n"
+              "from retriever.embedding import Embedder\n"
+              "v = Embedder('builtin:all-MiniLM-L6-v2').encode(['a first query'])\n"
+              "root = logging.getLogger()\n"
+              "print(v.shape[1], len(root.handlers), len(root.filters))\n")
+    env = {**os.environ, "RETRIEVER_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "cache").rglob("export.json")), "the model was not exported into the empty cache"
+    assert done.stdout.split() == ["384", "0", "0"]
+    assert "WARNING" not in done.stderr and "pre-processing" not in done.stderr, done.stderr
