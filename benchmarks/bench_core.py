@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from common import RESULTS, Phase, document_ids, fmt, latency, log, peak_rss_mb, perf, quality  # noqa: E402
 from retriever import Retriever, RetrieverConfig, runtime  # noqa: E402
 from retriever.datasets import fitz_gov_subset  # noqa: E402
-from retriever.backends import backend_class  # noqa: E402
+from retriever.embedding import Embedder  # noqa: E402
 from retriever.models import resolve_embedder  # noqa: E402
 from retriever.rerank import Reranker  # noqa: E402
 
@@ -349,22 +349,19 @@ def bench_threads(r: Retriever, eval_q, rerank_sets: int, res: dict) -> None:
                             "corpus_single_query_us": d["corpus_single"] / len(qv) * 1e6,
                             "synthetic_20k_batch_ms": d["synthetic_20k_batch"] * 1000} for nt, d in fr.items()}}
 
-    # onnx: the default embedder and cross-encoder backends loaded afresh with 1 vs all intra-op threads (a session
-    # keeps the count it was built with; `backend.load` bypasses the process-wide model cache, whose sessions keep
-    # the count of their first load), single-query embedding and per-query reranking (one pair per run, as the
-    # Reranker does), the settings interleaved
+    # onnx: the default embedder and cross-encoder with 1 vs all intra-op threads (a session keeps the count it was
+    # built with; the process-wide model cache keys sessions by that count, so each setting gets its own), single-
+    # query embedding and per-query reranking (one pair per run, as the Reranker does), the settings interleaved
     sets = [(q.query, [h.text for h in r.search(q.query, k=nc, rerank=False)]) for q in eval_q[:rerank_sets]]
     emb_cfg, rr_cfg = r.config.embedding, r.config.rerank
-    enc_cls, rk_cls = backend_class("embedding", emb_cfg.backend), backend_class("rerank", rr_cfg.backend)
     variants = {}
     for nt in settings:
         runtime.configure(onnx_threads=nt)
-        enc = enc_cls.load(enc_cls.resolve(emb_cfg.model), label=emb_cfg.model, device="cpu")
-        rk = rk_cls.load(rk_cls.resolve(rr_cfg.model), label=rr_cfg.model, device="cpu", max_length=rr_cfg.max_length)
-        variants[nt] = {"embed": lambda e=enc: [e.encode([t], 1) for t in texts]}
+        enc, rk = Embedder.from_config(emb_cfg), Reranker.from_config(r.config)
+        _ = enc.dim, rk.model  # load both now, under this thread count
+        variants[nt] = {"embed": lambda e=enc: [e.encode([t]) for t in texts]}
         if sets:
-            variants[nt]["rerank"] = lambda m=rk: [[m.predict([x]) for x in m.encode([(q, t) for t in p])]
-                                                   for q, p in sets]
+            variants[nt]["rerank"] = lambda m=rk: [m.score_pairs([(q, t) for t in p]) for q, p in sets]
     runtime.configure_from(r.config.runtime)
     tr = compare(variants, 1)
     out["model_threads"] = {"backends": [emb_cfg.backend, rr_cfg.backend], "rerank_queries": len(sets), "by_threads": {

@@ -538,3 +538,27 @@ def test_first_export_prints_nothing_and_leaves_the_root_logger_alone(tmp_path):
     assert list((tmp_path / "cache").rglob("export.json")), "the model was not exported into the empty cache"
     assert done.stdout.split() == ["384", "0", "0"]
     assert "WARNING" not in done.stderr and "pre-processing" not in done.stderr, done.stderr
+
+
+@pytest.mark.real
+def test_a_model_loaded_under_another_onnx_thread_count_is_not_reused():
+    """The process-wide model cache keys onnx models by the session's thread count too: after the thread layout
+    changes, a new Reranker / Embedder gets a session with the new count, not the cached one."""
+    from retriever import runtime
+
+    before = runtime.onnx_threads()
+    try:
+        threads = {}
+        for n in (1, 2):
+            runtime.configure(onnx_threads=n)
+            r = Reranker(DEFAULT_RERANK_MODEL, backend="onnx")
+            e = Embedder(DEFAULT_EMBEDDING_MODEL, backend="onnx")
+            threads[n] = (r.model.session.get_session_options().intra_op_num_threads,
+                          e.model.session.get_session_options().intra_op_num_threads)
+            assert r.score_pairs([("a question", "an answer")]).shape == (1,)
+        assert threads == {1: (1, 1), 2: (2, 2)}
+        runtime.configure(onnx_threads=1)  # and the count asked for before is served from the cache again
+        assert Reranker(DEFAULT_RERANK_MODEL, backend="onnx").model.session.get_session_options(
+        ).intra_op_num_threads == 1
+    finally:
+        runtime.configure(onnx_threads=before)

@@ -43,6 +43,12 @@ class Backend(ABC):
     def load(cls, path: str, *, label: str, device: str, **options) -> "Backend":
         """The backend over the model at `path` (`label`: the name the user gave, for errors and cache names)."""
 
+    @classmethod
+    def load_settings(cls) -> tuple:
+        """Process settings a loaded model keeps (onnxruntime: the session's thread count): part of the model-cache
+        key, so a model loaded under other settings is not reused."""
+        return ()
+
     def running(self) -> AbstractContextManager:
         """Wraps a run of batches in the calling thread."""
         return nullcontext()
@@ -98,7 +104,8 @@ class CrossEncoderBackend(Backend):
 
 class LazyBackend:
     """A facade's backend, loaded on the first `get()` and once (a double-checked lock) through the process-wide
-    model cache of `models.load_model`, keyed by the model name, the backend and `options`."""
+    model cache of `models.load_model`, keyed by the model name, the backend, `options` and the backend's
+    `load_settings()`."""
 
     def __init__(self, cls: type[Backend], name: str, **options):
         self.cls = cls
@@ -117,7 +124,8 @@ class LazyBackend:
                 if self._backend is None:
                     cls = self.cls
                     self._backend = load_model(cls.kind, self.name, cls.resolve, self._construct,
-                                               (cls.name, *self.options.values()), cls.builtin, torch=cls.uses_torch)
+                                               (cls.name, *self.options.values(), *cls.load_settings()), cls.builtin,
+                                               torch=cls.uses_torch)
         return self._backend
 
     def _construct(self, path: str) -> Backend:

@@ -5,11 +5,17 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import runtime
 from ..errors import InputError
 from ..models import cache_dir, resolve_embedder, resolve_onnx_reranker
 from .base import CrossEncoderBackend, EncoderBackend, require
 
 require("onnx", "onnxruntime", "tokenizers")
+
+
+def _session_threads() -> tuple:
+    """A session keeps the intra-op thread count it was created with (`runtime.onnx_threads()` at load)."""
+    return (runtime.onnx_threads(),)
 
 
 class OnnxEncoder(EncoderBackend):
@@ -19,6 +25,7 @@ class OnnxEncoder(EncoderBackend):
     # dynamic int8 quantizes activations with one scale per batch, so a vector depends on its batchmates
     batch_invariant = False
     resolve = staticmethod(resolve_embedder)
+    load_settings = staticmethod(_session_threads)
 
     @classmethod
     def check_device(cls, device: str) -> None:
@@ -48,6 +55,7 @@ class OnnxRanker(CrossEncoderBackend):
     # history); measured 10-15% slower than 8 per batch
     default_batch_size = 1
     resolve = staticmethod(resolve_onnx_reranker)
+    load_settings = staticmethod(_session_threads)
 
     @classmethod
     def load(cls, path: str, *, label: str, device: str, max_length: int) -> "OnnxRanker":
