@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .inputs import MODES
+
 DEMO_QUERIES = (
     "Why did the server crash?",
     "What is the effectiveness rate of the vaccine?",
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
     s.add_argument("--filter", metavar="JSON", help='metadata filter, e.g. \'{"domain": "biology"}\'')
     s.add_argument("--no-rerank", action="store_true", help="skip the cross-encoder")
+    s.add_argument("--mode", choices=MODES, help="dense, lexical (BM25) or hybrid (default [retrieval] mode)")
     s.add_argument("--json", action="store_true", help='print {"hits": [...]}')
 
     s = sub.add_parser("delete", help="delete documents by id")
@@ -86,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--k", default="1,5,10,20", help="comma-separated cutoffs (default 1,5,10,20)")
     s.add_argument("--concurrency", type=int, default=4, help="concurrent callers for the load run (0 skips it)")
     s.add_argument("--no-rerank", action="store_true")
+    s.add_argument("--mode", choices=MODES, help="evaluate one mode: dense, lexical or hybrid (default [retrieval] "
+                   "mode); the report shows every arm beside it either way")
     s.add_argument("--limit", type=int, help="evaluate only the first N queries")
 
     s = sub.add_parser("serve", help="serve an index over HTTP for chatbot backends (FastAPI on uvicorn)")
@@ -172,16 +177,25 @@ def _warn(warnings) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
-def _print_hits(hits, as_json: bool) -> None:
+def _print_hits(hits, as_json: bool, notes=()) -> None:
     if as_json:
-        print(json.dumps({"hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+        print(json.dumps({"hits": [h.to_dict() for h in hits], "notes": list(notes)}, ensure_ascii=False))
         return
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if not hits:
         print("no hits")
     for h in hits:
-        rr = "      -" if h.rerank_score is None else f"{h.rerank_score:7.4f}"
         text = " ".join(h.text.split())
-        print(f"{h.rank:>3}. {h.id:<28} rerank {rr}  cosine {h.retrieval_score:6.3f}  {text[:90]}")
+        print(f"{h.rank:>3}. {h.id:<28} {_scores(h)}  {text[:80]}")
+
+
+def _scores(h) -> str:
+    """The scores of a hit in fixed columns, and the arms that found it."""
+    rr = "     -" if h.rerank_score is None else f"{h.rerank_score:6.4f}"
+    cos = "     -" if h.retrieval_score is None else f"{h.retrieval_score:6.3f}"
+    bm = "    -" if h.lexical_score is None else f"{h.lexical_score:5.1f}"
+    return f"rerank {rr}  cosine {cos}  bm25 {bm}  {'+'.join(h.found_by):<13}"
 
 
 def cmd_search(args) -> int:
@@ -194,8 +208,9 @@ def cmd_search(args) -> int:
         except json.JSONDecodeError as e:
             return _bad(f"--filter is not valid JSON ({e.msg}); e.g. --filter '{{\"domain\": \"biology\"}}'")
     with Retriever.open(args.index, read_only=True) as r:
-        hits = r.search(args.query, k=args.k, filters=filters, rerank=not args.no_rerank)
-    _print_hits(hits, args.json)
+        hits, trace = r.search_traced([args.query], k=args.k, filters=filters, rerank=not args.no_rerank,
+                                      mode=args.mode, record=False)
+    _print_hits(hits[0], args.json, trace.notes)
     return 0
 
 
@@ -346,7 +361,7 @@ def cmd_eval(args) -> int:
                 print(f"eval: {i}/{n} queries", file=sys.stderr)
 
         report = evaluate(r, queries, ks=ks, rerank=not args.no_rerank, concurrency=args.concurrency,
-                          progress=progress)
+                          progress=progress, mode=args.mode)
     rows = gate.check(report["flat"], baseline["flat"] if baseline else None) if gate else None
     report["gate"] = None if gate is None else {"file": gate.source, "passed": all(x["passed"] for x in rows),
                                                 "rules": rows}
@@ -427,9 +442,10 @@ def cmd_demo(args) -> int:
             for h in hits:
                 mark = " *" if h.id in relevant.get(query, ()) else ""
                 label = h.metadata.get("title") or " ".join(h.text.split())[:60]
-                print(f"  {h.rank}. {h.id:<26} rerank {h.rerank_score:.4f}  cosine {h.retrieval_score:.3f}  {label}{mark}")
+                print(f"  {h.rank:>2}. {h.id:<12} {_scores(h)} {label}{mark}")
             print()
-    print(f"done in {time.perf_counter() - t0:.1f}s; * = labeled relevant in fitz-gov. "
+    print(f"done in {time.perf_counter() - t0:.1f}s; * = labeled relevant in fitz-gov; dense+lexical = found by "
+          f"both arms (FAISS cosine and BM25), fused, then reranked by the cross-encoder. "
           f'Try: retriever search {index} "your question" -k 5')
     return 0
 

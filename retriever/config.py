@@ -81,6 +81,32 @@ class RerankConfig:
     # milliseconds the cross-encoder may spend on one search (0 = no limit); past it the hits come back in
     # retrieval order and the trace / HTTP response says `rerank_timed_out`
     budget_ms: float = field(default=0.0, metadata=_rule(min=0, max=600_000))
+    # the final order of reranked documents: rrf fuses the cross-encoder's rank with the retrieval rank
+    # (1/(rrf_k + rerank rank) + retrieval_weight/(rrf_k + retrieval rank)), so a confident retrieval hit the
+    # cross-encoder misjudges is not pushed out of the top k; cross_encoder orders by its score alone. Chunks
+    # mode always orders by the cross-encoder alone (the pipeline before documents mode).
+    fusion: str = field(default="rrf", metadata=_rule(choices=("rrf", "cross_encoder")))
+    rrf_k: int = field(default=60, metadata=_rule(min=1, max=10_000))
+    retrieval_weight: float = field(default=1.0, metadata=_rule(min=0.0, max=100.0))
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """What a search returns and which arms find it. Defaults from `benchmarks/fusion_curve.py` (the curve over
+    the labeled sets of `evals/`, tuned on their tuning split, checked on the held-out queries)."""
+    # documents: k distinct documents per search (a hit's id and metadata are the document's, its text the best
+    # passage, `passages` the matched chunks); chunks: k chunks, the pipeline before documents mode, exactly
+    results: str = field(default="documents", metadata=_rule(choices=("documents", "chunks")))
+    # dense: FAISS cosine; lexical: BM25 over the stored text (tantivy); hybrid: both, fused
+    mode: str = field(default="dense", metadata=_rule(choices=("dense", "lexical", "hybrid")))
+    # how hybrid fuses the two ranked lists of documents: rrf (reciprocal rank, 1 / (rrf_k + rank)) or convex
+    # (weight * dense + (1 - weight) * lexical, each score min-max normalized over the query's candidates)
+    fusion: str = field(default="rrf", metadata=_rule(choices=("rrf", "convex")))
+    rrf_k: int = field(default=60, metadata=_rule(min=1, max=10_000))
+    # the dense arm's weight: in convex, its share; in rrf, a factor on its 1/(rrf_k + rank) (lexical's is 1 - weight)
+    weight: float = field(default=0.5, metadata=_rule(min=0.0, max=1.0))
+    # documents each arm retrieves before fusion (0 = the rerank window, max(k, [rerank] candidates))
+    candidates: int = field(default=0, metadata=_rule(min=0, max=10_000))
 
 
 @dataclass(frozen=True)
@@ -144,6 +170,7 @@ _SECTIONS = {
     "embedding": EmbeddingConfig,
     "index": IndexConfig,
     "rerank": RerankConfig,
+    "retrieval": RetrievalConfig,
     "chunking": ChunkingConfig,
     "ingest": IngestConfig,
     "runtime": RuntimeConfig,
@@ -157,6 +184,7 @@ class RetrieverConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

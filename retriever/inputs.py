@@ -46,3 +46,14 @@ def check_ids(ids: Any) -> list[str]:
         if not isinstance(x, str):
             raise InputError(f"ids[{i}] = {x!r} is a {type(x).__name__}; ids are strings (use str(...))")
     return ids
+
+
+MODES = ("dense", "lexical", "hybrid")
+
+
+def check_mode(mode: Any) -> str | None:
+    """None (the configured `[retrieval] mode`) or one of MODES."""
+    if mode is None or mode in MODES:
+        return mode
+    raise InputError(f"mode = {mode!r} is not a search mode; use one of {', '.join(map(repr, MODES))} "
+                     f"(or leave it out for [retrieval] mode)")

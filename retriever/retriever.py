@@ -20,7 +20,7 @@ from .embedding import Embedder
 from .errors import InputError
 from .filters import compile_filter
 from .generation import Generation
-from .inputs import check_ids, check_k, check_queries, check_query
+from .inputs import check_ids, check_k, check_mode, check_queries, check_query
 from .manifest import Manifest
 from .models_in_use import ModelsInUse
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
@@ -223,28 +223,33 @@ class Retriever:
         row = self._gen.store.get(id)
         return None if row is None else Document(row.id, row.text, row.metadata)
 
-    def search(self, query: str, k: int = 10, filters: dict | None = None, rerank: bool = True) -> list[Hit]:
-        """Top-k hits for a query. With `filters`, only matching documents are searched, so the result holds
-        min(k, matches) hits. `rerank=False` skips the cross-encoder (and never loads it)."""
-        query, k = check_query(query), check_k(k)
-        return self.searcher.search([query], k, _where(filters), rerank=rerank)[0][0]
+    def search(self, query: str, k: int = 10, filters: dict | None = None, rerank: bool = True, *,
+               mode: str | None = None) -> list[Hit]:
+        """Top-k hits for a query: k distinct documents (`[retrieval] results = "documents"`, the default) or k
+        chunks. With `filters`, only matching documents are searched by either arm, so the result holds
+        min(k, matches) hits. `mode` ("dense", "lexical", "hybrid") overrides `[retrieval] mode` for this call.
+        `rerank=False` skips the cross-encoder (and never loads it)."""
+        query, k, mode = check_query(query), check_k(k), check_mode(mode)
+        return self.searcher.search([query], k, _where(filters), rerank=rerank, mode=mode)[0][0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
-                     rerank: bool = True) -> list[list[Hit]]:
+                     rerank: bool = True, *, mode: str | None = None) -> list[list[Hit]]:
         """`search` for several queries at once: one embedding batch, one FAISS call, one rerank batch."""
-        queries, k = check_queries(queries), check_k(k)
-        return self.searcher.search(queries, k, _where(filters), rerank=rerank)[0]
+        queries, k, mode = check_queries(queries), check_k(k), check_mode(mode)
+        return self.searcher.search(queries, k, _where(filters), rerank=rerank, mode=mode)[0]
 
     def search_traced(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
-                      rerank: bool = True, *, rerank_budget_ms: float | None = None, record: bool = True
-                      ) -> tuple[list[list[Hit]], SearchTrace]:
+                      rerank: bool = True, *, rerank_budget_ms: float | None = None, record: bool = True,
+                      mode: str | None = None) -> tuple[list[list[Hit]], SearchTrace]:
         """`search_batch` plus a `SearchTrace`: milliseconds per stage (embed, search, join, rerank), whether the
         hits were reranked, whether the rerank time budget ran out (the hits are then in retrieval order), and
         with `record` (the default) the query vectors and each query's candidates in retrieval order as (id,
-        document id, cosine). `rerank_budget_ms` overrides `[rerank] budget_ms` for this call (0 = no budget)."""
-        queries, k = check_queries(queries), check_k(k)
+        document id, cosine) and every arm's ranked document ids (`trace.arms`: both arms run when recording).
+        `rerank_budget_ms` overrides `[rerank] budget_ms` for this call (0 = no budget); `trace.notes` says
+        when a query's lexical part was only stop words."""
+        queries, k, mode = check_queries(queries), check_k(k), check_mode(mode)
         return self.searcher.search(queries, k, _where(filters), rerank=rerank, budget_ms=rerank_budget_ms,
-                                    record=record)
+                                    record=record, mode=mode)
 
     def search_by_vector(self, vector, k: int = 10, filters: dict | None = None) -> list[Hit]:
         """Top-k by cosine for a raw vector (lists, float64, non-contiguous accepted; normalized here)."""

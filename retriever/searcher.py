@@ -1,43 +1,59 @@
-"""The query pipeline, as stages: embed (unit vectors, cached by text) → candidates (filter, ANN or exact, under
-the generation's read lock) → join (one DuckDB fetch of id, text, metadata) → rerank (cross-encoder scores,
-cached by (query, vid), under an optional time budget) → hits.
+"""The query pipeline, as stages: embed (unit vectors, cached by text) → search (the dense arm: filter, ANN or
+exact) and lexical (BM25 over the stored text, the same filter), both under the generation's read lock → join
+(one DuckDB fetch of id, text, metadata; chunks collapsed to documents; the arms fused) → rerank (cross-encoder
+scores of each result's best passage, cached by (query, vid), under an optional time budget, fused with the
+retrieval order) → hits.
+
+`[retrieval] results` says what a hit is: a document (its chunks collapsed at their best, before fusion, so a
+long document is counted once) or a chunk (the pipeline before documents mode, exactly). `mode` says which arms
+run; with `record` both always run, so evaluation sees every arm side by side.
 
 Callers check their input once (`inputs`) and compile the filter once (`filters.compile_filter`); the searcher
-takes both as given. The `SearchTrace` times every stage, and records the query vectors and the candidates in
-retrieval order only when asked (evaluation does, a search does not).
+takes both as given. The `SearchTrace` times every stage, and records the query vectors, the dense candidates
+and every arm's ranked document ids only when asked (evaluation does, a search does not).
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .caches import LRUCache, RerankScoreCache
 from .documents import document_id
-from .results import Hit
+from .fusion import Candidate, collapse, fuse, rerank_order
+from .results import Hit, Passage
 from .store import Row
 
-STAGES = ("embed", "search", "join", "rerank")
+STAGES = ("embed", "search", "lexical", "join", "rerank")
+CHUNK_KEYS = ("parent_id", "chunk_index", "chunk_count")  # what chunking adds to a document's metadata
 
-Candidates = list[list[tuple[Row, float]]]  # per query: (row, cosine) in retrieval order
+Chunks = list[tuple[int, float]]  # (vid, score), best first
 
 
 @dataclass
 class SearchTrace:
     """Milliseconds per stage, whether the hits were reranked, and whether the rerank budget ran out (the hits are
-    then in retrieval order). With `record`: the query vectors, and each query's candidates in retrieval order as
-    (id, document id, cosine)."""
+    then in retrieval order); `notes` says what the caller should know (a lexical query of only stop words). With
+    `record`: the query vectors, each query's dense candidates in retrieval order as (id, document id, cosine),
+    and `arms`: each query's document ids in rank order from "dense", "lexical", "fused" (the two fused, whatever
+    the mode) and "retrieval" (the mode's list, the one the reranker got; up to the rerank window)."""
 
     embed_ms: float = 0.0
     search_ms: float = 0.0
+    lexical_ms: float = 0.0
     join_ms: float = 0.0
     rerank_ms: float = 0.0
     reranked: bool = False
     rerank_timed_out: bool = False
+    mode: str = "dense"
+    results: str = "documents"
+    notes: list[str] = field(default_factory=list)
     query_vectors: np.ndarray | None = None
     candidates: list[list[tuple[str, str, float]]] | None = None
+    arms: dict[str, list[list[str]]] | None = None
 
     def stage_ms(self) -> dict[str, float]:
         return {s: getattr(self, f"{s}_ms") for s in STAGES}
@@ -66,41 +82,194 @@ class Searcher:
 
     # ------------------------------------------------------------------------------------------ pipeline
     def search(self, queries: list[str], k: int, where: tuple[str, list] | None, *, rerank: bool = True,
-               budget_ms: float | None = None, record: bool = False) -> tuple[list[list[Hit]], SearchTrace]:
+               budget_ms: float | None = None, record: bool = False, mode: str | None = None
+               ) -> tuple[list[list[Hit]], SearchTrace]:
         """Hits per query. `where` is a compiled filter (None: everything); `budget_ms` overrides the configured
-        rerank budget (0 = none)."""
-        trace = SearchTrace()
+        rerank budget (0 = none); `mode` the configured `[retrieval] mode`."""
+        cfg = self._gen.config.retrieval
+        trace = SearchTrace(mode=mode or cfg.mode, results=cfg.results)
         if not queries:
             return [], trace
         self._gen.check_open()
-        t0 = time.perf_counter()
-        q = self.embed(queries)
-        trace.embed_ms = (time.perf_counter() - t0) * 1000
+        q = None
+        if trace.mode != "lexical" or record:
+            t0 = time.perf_counter()
+            q = self.embed(queries)
+            trace.embed_ms = (time.perf_counter() - t0) * 1000
         if record:
             trace.query_vectors = q
-        return self.search_vectors(queries, q, k, where, rerank=rerank, budget_ms=budget_ms, trace=trace,
-                                   record=record), trace
+        return self._pipeline(queries, q, k, where, rerank=rerank, budget_ms=budget_ms, trace=trace,
+                              record=record), trace
 
     def search_vectors(self, queries: list[str] | None, q: np.ndarray, k: int, where: tuple[str, list] | None, *,
                        rerank: bool = False, budget_ms: float | None = None, trace: SearchTrace | None = None,
                        record: bool = False) -> list[list[Hit]]:
-        """The stages after embedding, for unit query vectors (`queries` None: by vector, never reranked)."""
-        trace = SearchTrace() if trace is None else trace
-        cfg = self._gen.config.rerank
-        do_rerank = bool(rerank) and cfg.enabled and queries is not None
-        candidates = self._retrieve(q, max(k, cfg.candidates) if do_rerank else k, where, trace)
+        """The dense stages after embedding, for unit query vectors (`queries` None: by vector, never reranked)."""
+        cfg = self._gen.config.retrieval
+        trace = SearchTrace(mode="dense", results=cfg.results) if trace is None else trace
+        return self._pipeline(queries, q, k, where, rerank=rerank, budget_ms=budget_ms, trace=trace, record=record)
+
+    def _pipeline(self, queries: list[str] | None, q: np.ndarray | None, k: int, where: tuple[str, list] | None, *,
+                  rerank: bool, budget_ms: float | None, trace: SearchTrace, record: bool) -> list[list[Hit]]:
+        gen = self._gen
+        rcfg, cfg = gen.config.rerank, gen.config.retrieval
+        documents = trace.results == "documents"
+        do_rerank = bool(rerank) and rcfg.enabled and queries is not None
+        window = max(k, rcfg.candidates) if do_rerank else k
+        depth = max(window, cfg.candidates) if documents and cfg.candidates else window
+        arms = {"dense": trace.mode != "lexical" or record, "lexical": trace.mode != "dense" or record}
+        if queries is None:
+            arms["lexical"] = False
+        per_query = self._retrieve(queries, q, depth, where, arms, documents, trace)
+        fused_orders, cand_maps, rows_all = [], [], []
+        t0 = time.perf_counter()
         if record:
-            trace.candidates = [[(r.id, document_id(r.id, r.metadata), cos) for r, cos in c] for c in candidates]
+            trace.arms = {"dense": [], "lexical": [], "fused": [], "retrieval": []}
+        for cands, orders, rows in per_query:
+            if record:  # every arm side by side, and both fused, whatever the mode
+                for arm in ("dense", "lexical"):
+                    trace.arms[arm].append([_document_of(rows, cands[key]) for key in orders.get(arm, [])])
+                both = fuse(orders, cands, cfg.fusion, rrf_k=cfg.rrf_k, weight=cfg.weight)
+                trace.arms["fused"].append([_document_of(rows, cands[key]) for key in both[:window]])
+            use = {a: orders.get(a, []) for a in ("dense", "lexical") if trace.mode in (a, "hybrid")}
+            order = fuse(use, cands, cfg.fusion, rrf_k=cfg.rrf_k, weight=cfg.weight)
+            if record:
+                trace.arms["retrieval"].append([_document_of(rows, cands[key]) for key in order[:window]])
+            fused_orders.append(order)
+            cand_maps.append(cands)
+            rows_all.append(rows)
+        trace.join_ms += (time.perf_counter() - t0) * 1000
         trace.reranked = do_rerank
+        finals: list[list[tuple[Candidate, float, float | None]]] = []
         scores = None
         if do_rerank:
             t0 = time.perf_counter()
-            budget = cfg.budget_ms if budget_ms is None else budget_ms
-            scores = self._rerank_scores(queries, candidates, budget / 1000 if budget else None)
+            budget = rcfg.budget_ms if budget_ms is None else budget_ms
+            best_rows = [[rows[cands[key].best_vid] for key in order[:window]]
+                         for order, cands, rows in zip(fused_orders, cand_maps, rows_all)]
+            scores = self._rerank_scores(queries, best_rows, budget / 1000 if budget else None)
             trace.rerank_ms = (time.perf_counter() - t0) * 1000
             if scores is None:  # over budget: retrieval order, and the trace says so
                 trace.reranked, trace.rerank_timed_out = False, True
-        return _hits(candidates, scores, k)
+        start = 0
+        how = rcfg.fusion if documents else "cross_encoder"
+        for order, cands in zip(fused_orders, cand_maps):
+            if scores is None:
+                finals.append([(cands[key], cands[key].fused, None) for key in order[:k]])
+                continue
+            top = order[:window]
+            rs = scores[start:start + len(top)].tolist()
+            start += len(top)
+            ranked = rerank_order(rs, how=how, rrf_k=rcfg.rrf_k, retrieval_weight=rcfg.retrieval_weight)
+            finals.append([(cands[top[i]], final, rs[i]) for i, final in ranked[:k]])
+        return [[_hit(c, rows, rank, final, ce, documents, trace.mode) for rank, (c, final, ce) in enumerate(f, 1)]
+                for f, rows in zip(finals, rows_all)]
+
+    def _retrieve(self, queries: list[str] | None, q: np.ndarray | None, depth: int, where: tuple[str, list] | None,
+                  arms: dict[str, bool], documents: bool, trace: SearchTrace
+                  ) -> list[tuple[dict[str, Candidate], dict[str, list[str]], dict[int, Row]]]:
+        """Per query: the candidates (key -> Candidate), each arm's order of keys, and the fetched rows; all on
+        one state of the generation (a write lands before or after)."""
+        gen = self._gen
+        nq = len(q) if q is not None else len(queries)
+        out = [({}, {}, {}) for _ in range(nq)]
+        with gen.rw.read():
+            gen.check_open()
+            t0 = time.perf_counter()
+            allowed = None if where is None else gen.store.filter_vids(*where)
+            filter_ms = (time.perf_counter() - t0) * 1000
+            if arms["dense"]:
+                t0 = time.perf_counter()
+                join0 = trace.join_ms
+                dense = self._dense(q, depth, allowed, documents, [o[2] for o in out], trace)
+                trace.search_ms += (time.perf_counter() - t0) * 1000 - (trace.join_ms - join0) + filter_ms
+                for (cands, orders, rows), chunks in zip(out, dense):
+                    orders["dense"] = collapse("dense", chunks, _keys(rows, documents), cands)
+                if trace.candidates is None and trace.query_vectors is not None:
+                    trace.candidates = [[(rows[v].id, document_id(rows[v].id, rows[v].metadata), s)
+                                         for v, s in chunks if v in rows] for (_, _, rows), chunks in zip(out, dense)]
+            if arms["lexical"]:
+                t0 = time.perf_counter()
+                join0 = trace.join_ms
+                lexical = self._lexical(queries, depth, allowed, documents, [o[2] for o in out], trace)
+                trace.lexical_ms += (time.perf_counter() - t0) * 1000 - (trace.join_ms - join0)
+                if not arms["dense"]:
+                    trace.search_ms += filter_ms
+                for (cands, orders, rows), chunks in zip(out, lexical):
+                    orders["lexical"] = collapse("lexical", chunks, _keys(rows, documents), cands)
+            if arms["dense"] and arms["lexical"] and q is not None:
+                t0 = time.perf_counter()
+                self._complete_cosines(q, out)
+                trace.join_ms += (time.perf_counter() - t0) * 1000
+        return out
+
+    def _dense(self, q: np.ndarray, depth: int, allowed: np.ndarray | None, documents: bool,
+               rows: list[dict[int, Row]], trace: SearchTrace) -> list[Chunks]:
+        """Per query, chunks by cosine: `depth` of them, or in documents mode as many as it takes to hold `depth`
+        distinct documents (or every match), widening the search while it comes back full."""
+        n = depth if not documents else depth * self._chunks_per_document()
+        scores, vids = self._candidates.search(q, n, allowed)
+        result = [[(int(v), float(s)) for s, v in zip(sr, vr) if v >= 0] for sr, vr in zip(scores, vids)]
+        for i in range(len(q)):
+            while True:
+                self._fetch(rows[i], [v for v, _ in result[i]], trace)
+                full = len(result[i]) >= n
+                if not documents or not full or _distinct(result[i], rows[i]) >= depth:
+                    break
+                n *= 4
+                s, v = self._candidates.search(q[i:i + 1], n, allowed)
+                result[i] = [(int(x), float(y)) for y, x in zip(s[0], v[0]) if x >= 0]
+            n = depth if not documents else depth * self._chunks_per_document()
+        return result
+
+    def _lexical(self, queries: list[str], depth: int, allowed: np.ndarray | None, documents: bool,
+                 rows: list[dict[int, Row]], trace: SearchTrace) -> list[Chunks]:
+        """Per query, chunks by BM25, widened like the dense arm; a query of only stop words finds nothing, and
+        the trace's notes say so."""
+        lexical = self._gen.lexical
+        out = []
+        for i, query in enumerate(queries):
+            if not lexical.terms(query):
+                note = (f"the lexical query {query[:80]!r} has only stop words or punctuation; "
+                        + ("no lexical results" if trace.mode == "lexical" else "these are the dense results"))
+                if trace.mode != "dense" and note not in trace.notes:
+                    trace.notes.append(note)
+                out.append([])
+                continue
+            n = depth if not documents else depth * self._chunks_per_document()
+            while True:
+                s, v = lexical.search(query, n, allowed)
+                chunks = [(int(x), float(y)) for y, x in zip(s, v)]
+                self._fetch(rows[i], [x for x, _ in chunks], trace)
+                if not documents or len(chunks) < n or _distinct(chunks, rows[i]) >= depth:
+                    break
+                n *= 4
+            out.append(chunks)
+        return out
+
+    def _fetch(self, rows: dict[int, Row], vids: list[int], trace: SearchTrace) -> None:
+        missing = [v for v in vids if v not in rows]
+        if missing:
+            t0 = time.perf_counter()
+            rows.update(self._gen.store.fetch(missing))
+            trace.join_ms += (time.perf_counter() - t0) * 1000
+
+    def _complete_cosines(self, q: np.ndarray, out) -> None:
+        """The exact cosine of every passage only the lexical arm found (its vector is in DuckDB), so every
+        hybrid hit has a `retrieval_score`."""
+        for i, (cands, _, _) in enumerate(out):
+            todo = [p for c in cands.values() for p in c.passages.values() if p.cosine is None]
+            if todo:
+                vids, vecs = self._gen.store.vectors(sorted({p.vid for p in todo}))
+                cos = dict(zip(vids.tolist(), (vecs @ q[i]).tolist()))
+                for p in todo:
+                    p.cosine = cos.get(p.vid)
+
+    def _chunks_per_document(self) -> int:
+        """How many chunks to ask for per document wanted, from the counts at the last save (at least 1)."""
+        counts = self._gen.manifest.counts or {}
+        docs, vectors = counts.get("documents") or 0, counts.get("vectors") or 0
+        return max(1, min(16, math.ceil(vectors / docs))) if docs else 2
 
     def embed(self, queries: list[str]) -> np.ndarray:
         """Query vectors, from the cache where the same text was embedded by the same model and backend."""
@@ -118,27 +287,13 @@ class Searcher:
                 self.query_cache.put((key, text), vec)
         return np.stack(cached).astype(np.float32, copy=True)
 
-    def _retrieve(self, q: np.ndarray, n: int, where: tuple[str, list] | None, trace: SearchTrace) -> Candidates:
-        """The filter, the candidate search and the row fetch, on one state: a write lands before or after them."""
-        gen = self._gen
-        t0 = time.perf_counter()
-        with gen.rw.read():
-            gen.check_open()
-            allowed = None if where is None else gen.store.filter_vids(*where)
-            scores, vids = self._candidates.search(q, n, allowed)
-            t1 = time.perf_counter()
-            rows = gen.store.fetch(np.unique(vids[vids >= 0]).tolist())
-        candidates = [[(rows[int(v)], float(s)) for s, v in zip(srow, vrow) if v >= 0 and int(v) in rows]
-                      for srow, vrow in zip(scores, vids)]
-        trace.search_ms, trace.join_ms = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
-        return candidates
-
-    def _rerank_scores(self, queries: list[str], candidates: Candidates, budget_s: float | None) -> np.ndarray | None:
-        """Cross-encoder scores of every (query, candidate) pair of the batch, flat; cached scores are reused and
+    def _rerank_scores(self, queries: list[str], candidates: list[list[Row]], budget_s: float | None
+                       ) -> np.ndarray | None:
+        """Cross-encoder scores of every (query, passage) pair of the batch, flat; cached scores are reused and
         only the rest go to the model, in one length-sorted run. None when the budget ran out."""
         reranker = self._models.reranker
-        keys = [(query, row.vid) for query, c in zip(queries, candidates) for row, _ in c]
-        texts = [row.text for c in candidates for row, _ in c]
+        keys = [(query, row.vid) for query, c in zip(queries, candidates) for row in c]
+        texts = [row.text for c in candidates for row in c]
         flat = self.score_cache.get_many(reranker.key, keys)
         todo: dict[tuple, list[int]] = {}  # the same pair twice in a batch (a repeated query) is scored once
         for i, s in enumerate(flat):
@@ -168,16 +323,30 @@ class Searcher:
         return {"query_embeddings": self.query_cache.stats(), "rerank_scores": self.score_cache.stats()}
 
 
-def _hits(candidates: Candidates, scores: np.ndarray | None, k: int) -> list[list[Hit]]:
-    """The top k per query: by rerank score (ties in retrieval order) when there are scores, else by cosine."""
-    if scores is None:
-        return [[Hit(r.id, r.text, r.metadata, rank, cos, cos, None) for rank, (r, cos) in enumerate(c[:k], 1)]
-                for c in candidates]
-    out, start = [], 0
-    for c in candidates:
-        rs = scores[start:start + len(c)]
-        start += len(c)
-        order = sorted(range(len(c)), key=lambda i: (-rs[i], i))[:k]
-        out.append([Hit(c[i][0].id, c[i][0].text, c[i][0].metadata, rank, float(rs[i]), c[i][1], float(rs[i]))
-                    for rank, i in enumerate(order, 1)])
-    return out
+def _keys(rows: dict[int, Row], documents: bool) -> dict[int, str]:
+    """vid -> the result it belongs to: its document (documents mode) or itself (chunks mode)."""
+    return {v: (document_id(r.id, r.metadata) if documents else r.id) for v, r in rows.items()}
+
+
+def _distinct(chunks: Chunks, rows: dict[int, Row]) -> int:
+    return len({document_id(rows[v].id, rows[v].metadata) for v, _ in chunks if v in rows})
+
+
+def _document_of(rows: dict[int, Row], cand: Candidate) -> str:
+    row = rows[cand.best_vid]
+    return document_id(row.id, row.metadata)
+
+
+def _hit(c: Candidate, rows: dict[int, Row], rank: int, final: float, ce: float | None, documents: bool,
+         mode: str) -> Hit:
+    best = rows[c.best_vid]
+    cosine = c.cosine if documents else c.passages[best.vid].cosine
+    bm25 = c.bm25 if documents else c.passages[best.vid].bm25
+    if not documents:
+        return Hit(best.id, best.text, best.metadata, rank, float(final), cosine, ce, bm25, (), c.found_by)
+    meta = {k: v for k, v in best.metadata.items() if k not in CHUNK_KEYS} if "parent_id" in best.metadata \
+        else best.metadata
+    passages = tuple(Passage(rows[p.vid].id, rows[p.vid].text, p.cosine, p.bm25, ce if p.vid == best.vid else None)
+                     for p in c.passage_order())
+    return Hit(document_id(best.id, best.metadata), best.text, meta, rank, float(final), cosine, ce, bm25,
+               passages, c.found_by)

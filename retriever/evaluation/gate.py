@@ -4,7 +4,9 @@
                                     # much below the baseline (when --baseline is given)
     [min]
     "recall@10" = 0.90              # bare name: the final (reranked) output
-    "retrieval.recall@10" = 0.85    # stage-qualified
+    "retrieval.recall@10" = 0.85    # stage-qualified: retrieval (the mode's list before the rerank), dense,
+    "lexical.recall@10" = 0.80      # lexical, fused (both arms fused, in every mode), reranked (the final
+    "fused.mrr@10" = 0.5            # output of a reranked run)
     "mrr@10" = 0.6
     [max]
     p95_ms = 2500                   # single-query total; also "rerank.p95_ms", "concurrent.p95_ms", ...
@@ -20,13 +22,13 @@ from ..errors import InputError
 from ..searcher import STAGES as SEARCH_STAGES
 from .metrics import parse_metric_name
 
-STAGES = ("final", "retrieval")
+STAGES = ("final", "retrieval", "dense", "lexical", "fused", "reranked")
 LATENCY_STAGES = (*SEARCH_STAGES, "concurrent")
 PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
 
 
 def check_metric_name(name: str) -> tuple[str, str, int]:
-    """("final" | "retrieval" | "ann", metric, k) for a quality name such as "retrieval.ndcg@10"."""
+    """(stage | "ann", metric, k) for a quality name such as "retrieval.ndcg@10" or "lexical.recall@10"."""
     stage, _, bare = name.rpartition(".")
     if name.startswith("ann_recall@"):
         _, k = parse_metric_name("recall@" + name.split("@", 1)[1])

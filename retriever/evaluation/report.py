@@ -61,16 +61,23 @@ def markdown(report: dict[str, Any], gate_rows: list[dict[str, Any]] | None, bas
             lines.append(f"| {r['kind']} {r['name']} | {_fmt(r['value'])} | {_fmt(r['limit'])} | "
                          f"{'pass' if r['passed'] else '**FAIL**'} |")
         lines.append("")
-    lines += ["## Quality: retrieval vs reranked (document level)", "",
-              f"| metric | retrieval | {'reranked' if report['settings']['rerank'] else 'final (rerank off)'} | lift |"
+    settings = report["settings"]
+    final_name = "reranked" if settings["rerank"] else "final (rerank off)"
+    arms = [a for a in ("dense", "lexical", "fused") if a in m]
+    lines += [f"## Quality by arm (document level; mode {settings.get('mode', 'dense')}, results "
+              f"{settings.get('results', 'chunks')})", "",
+              "dense: FAISS cosine; lexical: BM25; fused: both arms fused; retrieval: the evaluated mode's list "
+              "before the rerank; lift: the final output against retrieval.", "",
+              "| metric | " + " | ".join(arms) + f" | retrieval | {final_name} | lift |"
               + (" baseline | change |" if baseline else ""),
-              "|---|---|---|---|" + ("---|---|" if baseline else "")]
+              "|---|" + "---|" * (len(arms) + 3) + ("---|---|" if baseline else "")]
     base_flat = baseline["flat"] if baseline else {}
     for name in ("recall", "hit_rate", "precision", "mrr", "ndcg"):
         for k in ks:
             key = f"{name}@{k}"
             f, r = m["final"].get(key), m["retrieval"].get(key)
-            row = f"| {key} | {_fmt(r)} | {_fmt(f)} | {f - r:+.4f} |"
+            row = f"| {key} | " + "".join(f"{_fmt(m[a].get(key))} | " for a in arms)
+            row += f"{_fmt(r)} | {_fmt(f)} | {f - r:+.4f} |"
             if baseline:
                 b = base_flat.get(key)
                 row += f" {_fmt(b)} | {'' if b is None else f'{f - b:+.4f}'} |"

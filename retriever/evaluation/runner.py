@@ -30,10 +30,16 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": int(len(a))}
 
 
+ARMS = ("dense", "lexical", "fused")  # quality of each arm, side by side, whatever the mode evaluated
+
+
 def evaluate(retriever, queries: Sequence[LabeledQuery], *, ks: Sequence[int] = DEFAULT_KS, rerank: bool = True,
              concurrency: int = 4, concurrent_queries: int = 40,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """The full report (see `report.py` for how it is written). `concurrency` 0 skips the concurrent run."""
+             progress: Callable[[int, int], None] | None = None, mode: str | None = None) -> dict[str, Any]:
+    """The full report (see `report.py` for how it is written). `concurrency` 0 skips the concurrent run. `mode`
+    is the one evaluated (default `[retrieval] mode`); the dense and lexical arms and their fusion are measured
+    beside it in every run (`metrics.dense`, `.lexical`, `.fused`), `metrics.retrieval` is the mode's list before
+    the rerank and `metrics.final` what the search returned."""
     if not queries:
         raise InputError("the query set is empty; give at least one labeled query")
     ks = sorted({int(k) for k in ks})
@@ -47,13 +53,15 @@ def evaluate(retriever, queries: Sequence[LabeledQuery], *, ks: Sequence[int] = 
     exact_index = retriever.vector_index.kind == "flat"
 
     # warm-up, untimed: model loads and the fingerprint check must not count as a query's latency
-    retriever.search(queries[0].query, k=kmax, rerank=rerank)
+    mode = mode or retriever.config.retrieval.mode
+    retriever.search(queries[0].query, k=kmax, rerank=rerank, mode=mode)
     per_query: dict[str, dict[str, Any]] = {}
     stage_ms: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
     final_all, retrieval_all, ann_all = {}, {}, {}
+    arms_all: dict[str, dict[str, dict[str, float]]] = {a: {} for a in ARMS}
     for i, q in enumerate(queries):
         t0 = time.perf_counter()
-        hits, trace = retriever.search_traced([q.query], k=kmax, rerank=rerank, record=True)
+        hits, trace = retriever.search_traced([q.query], k=kmax, rerank=rerank, record=True, mode=mode)
         total = (time.perf_counter() - t0) * 1000
         hits = hits[0]
         for stage, ms in trace.stage_ms().items():
@@ -61,9 +69,11 @@ def evaluate(retriever, queries: Sequence[LabeledQuery], *, ks: Sequence[int] = 
         stage_ms["total"].append(total)
         final_docs = dedupe([h.document_id for h in hits])
         cands = trace.candidates[0]
-        retrieval_docs = dedupe([doc for _, doc, _ in cands])
+        retrieval_docs = dedupe(trace.arms["retrieval"][0])
         final_all[q.id] = query_metrics(final_docs, q.relevant, ks)
         retrieval_all[q.id] = query_metrics(retrieval_docs, q.relevant, ks)
+        for arm in ARMS:
+            arms_all[arm][q.id] = query_metrics(dedupe(trace.arms[arm][0]), q.relevant, ks)
         # index error: the vectors FAISS returned against exact search over every stored vector
         exact = exact_topk(trace.query_vectors[:1], vectors, np.arange(len(row_ids)), kmax)[1]
         by_cosine = sorted(cands, key=lambda c: -c[2])[:kmax]
@@ -88,6 +98,7 @@ def evaluate(retriever, queries: Sequence[LabeledQuery], *, ks: Sequence[int] = 
             progress(i + 1, len(queries))
 
     final, retrieval, ann = mean_metrics(final_all), mean_metrics(retrieval_all), mean_metrics(ann_all)
+    arms = {arm: mean_metrics(v) for arm, v in arms_all.items()}
     latency: dict[str, Any] = {"single": {s: percentiles(v) for s, v in stage_ms.items()}}
     if concurrency and concurrency > 0:
         latency["concurrent"] = _concurrent(retriever, queries[:max(1, concurrent_queries)], kmax, rerank, concurrency)
@@ -98,11 +109,12 @@ def evaluate(retriever, queries: Sequence[LabeledQuery], *, ks: Sequence[int] = 
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "index": {k: stats[k] for k in ("path", "documents", "vectors", "dim", "embedding_model", "rerank_model",
                                         "index_kind", "generation")},
-        "settings": {"ks": ks, "rerank": bool(rerank and retriever.config.rerank.enabled),
+        "settings": {"ks": ks, "rerank": bool(rerank and retriever.config.rerank.enabled), "mode": mode,
+                     "results": retriever.config.retrieval.results,
                      "rerank_candidates": retriever.config.rerank.candidates,
                      "rerank_max_length": retriever.config.rerank.max_length, "concurrency": concurrency},
         "n_queries": len(queries),
-        "metrics": {"final": final, "retrieval": retrieval, "ann": ann, "ann_is_exact_index": exact_index},
+        "metrics": {"final": final, "retrieval": retrieval, **arms, "ann": ann, "ann_is_exact_index": exact_index},
         "latency_ms": latency,
         "rerank_cost_ms_per_query": float(np.mean(stage_ms["rerank"])) if stage_ms["rerank"] else 0.0,
         "missing_relevant": {qid: r["missing_relevant"] for qid, r in per_query.items() if r["missing_relevant"]},
@@ -135,6 +147,11 @@ def flatten(report: dict[str, Any]) -> dict[str, float]:
     m = report["metrics"]
     flat.update(m["final"])
     flat.update({f"retrieval.{k}": v for k, v in m["retrieval"].items()})
+    for arm in ARMS:
+        flat.update({f"{arm}.{k}": v for k, v in m.get(arm, {}).items()})
+    flat.update({f"final.{k}": v for k, v in m["final"].items()})
+    if report["settings"]["rerank"]:
+        flat.update({f"reranked.{k}": v for k, v in m["final"].items()})
     flat.update(m["ann"])
     single = report["latency_ms"]["single"]
     for pct in ("p50_ms", "p95_ms", "p99_ms"):

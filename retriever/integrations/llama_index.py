@@ -6,9 +6,12 @@ ingest from LlamaIndex `Document`s / nodes. Needs the extra: ``pip install "rag-
     li = LlamaIndexRetriever(Retriever.open("my-index", read_only=True), k=10)
     engine = RetrieverQueryEngine.from_args(li, node_postprocessors=[...])
 
-Scores never share a field across scales: a node's `score` is the final one (the cross-encoder's when reranked,
-else the cosine), and `ScoredNode.retrieval_score` / `.rerank_score` keep both, outside the node metadata that
-reaches the prompt.
+The retriever follows `[retrieval] results`: by default a node per document (`id_` the document id, its text the
+best-matching passage, its metadata the document's), or a node per chunk ("chunks").
+
+Scores never share a field across scales: a node's `score` is the final one (see `Hit.score`), and
+`ScoredNode.retrieval_score` / `.lexical_score` / `.rerank_score` keep the stages' own, outside the node metadata
+that reaches the prompt; `found_by` names the arms that found the document.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from ..config import DEFAULT_RERANK_MODEL
 from ..documents import Document
 from ..errors import FilterError, InputError
+from ..inputs import check_mode
 from ..rerank import Reranker
 from ..retriever import Retriever
 
@@ -54,6 +58,8 @@ class ScoredNode(NodeWithScore):
     """A `NodeWithScore` that also carries both stage scores and the rank (the metadata stays the document's)."""
     retrieval_score: Optional[float] = None  # cosine in [-1, 1]
     rerank_score: Optional[float] = None     # cross-encoder probability, or None
+    lexical_score: Optional[float] = None    # BM25, or None
+    found_by: tuple[str, ...] = ()           # "dense", "lexical"
     rank: Optional[int] = None
 
     @classmethod
@@ -106,7 +112,7 @@ class LlamaIndexRetriever(BaseRetriever):
     cross-encoder rerank, returning `ScoredNode`s with `TextNode(id_=<document id>, text, metadata)`."""
 
     def __init__(self, retriever: Retriever, k: int = 10, filters: MetadataFilters | dict | None = None,
-                 rerank: bool = True, **kwargs: Any):
+                 rerank: bool = True, mode: str | None = None, **kwargs: Any):
         if not isinstance(retriever, Retriever):
             raise InputError(f"retriever must be a retriever.Retriever, got {type(retriever).__name__}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -115,6 +121,7 @@ class LlamaIndexRetriever(BaseRetriever):
         self._k = k
         self._filters = to_filters(filters)  # translated (and checked) once, up front
         self._rerank = bool(rerank)
+        self._mode = check_mode(mode)
         super().__init__(**kwargs)
 
     @property
@@ -123,11 +130,13 @@ class LlamaIndexRetriever(BaseRetriever):
 
     def _nodes(self, hits) -> list[ScoredNode]:
         return [ScoredNode(node=TextNode(id_=h.id, text=h.text, metadata=dict(h.metadata)), score=h.score,
-                           retrieval_score=h.retrieval_score, rerank_score=h.rerank_score, rank=h.rank)
+                           retrieval_score=h.retrieval_score, rerank_score=h.rerank_score,
+                           lexical_score=h.lexical_score, found_by=h.found_by, rank=h.rank)
                 for h in hits]
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self._retriever.search(query_bundle.query_str, k=self._k, filters=self._filters, rerank=self._rerank)
+        hits = self._retriever.search(query_bundle.query_str, k=self._k, filters=self._filters, rerank=self._rerank,
+                                      mode=self._mode)
         return self._nodes(hits)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

@@ -46,7 +46,7 @@ def router(svc: Service) -> APIRouter:
     async def _searched(queries: list[str], req, field: str):
         with input_field(field):
             return await svc.search(queries, k=req.k, filters=req.filters, rerank=req.rerank,
-                                    rerank_budget_ms=req.rerank_budget_ms)
+                                    rerank_budget_ms=req.rerank_budget_ms, mode=req.mode)
 
     # ----------------------------------------------------------------------------------------- searches
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS, dependencies=read_auth,

@@ -1,13 +1,14 @@
 """Request and response bodies. Request limits come from the server's [server] settings, so `request_models`
 builds them per app and the OpenAPI schema shows the limits in force."""
 
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ..inputs import MAX_QUERY_CHARS
 from ..results import Hit
 
+Mode = Literal["dense", "lexical", "hybrid"]
 QueryText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
 
 
@@ -34,6 +35,8 @@ def request_models(cfg) -> Requests:
         rerank_budget_ms: StrictFloat | None = Field(
             None, ge=0, le=600_000, description="cross-encoder time budget for this request (0 = none; default "
                                                 "[rerank] budget_ms); past it hits come back in retrieval order")
+        mode: Mode | None = Field(None, description="dense (FAISS cosine), lexical (BM25) or hybrid (both, fused); "
+                                                    "default [retrieval] mode")
 
     class SearchBatchRequest(Strict):
         queries: list[QueryText] = Field(min_length=1, max_length=s.max_batch_queries)
@@ -41,6 +44,7 @@ def request_models(cfg) -> Requests:
         filters: dict[str, Any] | None = None
         rerank: StrictBool = True
         rerank_budget_ms: StrictFloat | None = Field(None, ge=0, le=600_000)
+        mode: Mode | None = None
 
     class DocumentIn(Strict):
         id: StrictStr = Field(min_length=1, max_length=1024)
@@ -62,6 +66,9 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
     reranked: bool
     rerank_timed_out: bool
+    mode: Mode
+    results: Literal["documents", "chunks"]
+    notes: list[str] = Field(default_factory=list, description="what to know, e.g. a lexical query of only stop words")
     generation: int
 
 
@@ -74,6 +81,9 @@ class SearchBatchResponse(BaseModel):
     timings_ms: dict[str, float]
     reranked: bool
     rerank_timed_out: bool
+    mode: Mode
+    results: Literal["documents", "chunks"]
+    notes: list[str] = Field(default_factory=list, description="what to know, e.g. a lexical query of only stop words")
     generation: int
 
 

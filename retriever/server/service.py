@@ -124,11 +124,13 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.write_pool, job)
 
     async def search(self, queries: list[str], *, k: int, filters: dict | None, rerank: bool,
-                     rerank_budget_ms: float | None) -> tuple[list[list[Hit]], dict[str, Any]]:
+                     rerank_budget_ms: float | None, mode: str | None = None
+                     ) -> tuple[list[list[Hit]], dict[str, Any]]:
         """One traced search on the search pool; (hits per query, the response's other fields)."""
         t0 = time.perf_counter()
         (results, trace), gen, waited = await self.run_search(lambda r: r.search_traced(
-            queries, k=k, filters=filters, rerank=rerank, rerank_budget_ms=rerank_budget_ms, record=False))
+            queries, k=k, filters=filters, rerank=rerank, rerank_budget_ms=rerank_budget_ms, record=False,
+            mode=mode))
         common = self.record_trace(trace, waited, len(queries))
         common["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 3)
         return results, {**common, "generation": gen}
@@ -146,7 +148,8 @@ class Service:
         self.metrics.stage.labels("queue").observe(waited_ms / 1000)
         if timed_out:
             self.metrics.rerank_timeouts.inc(queries)
-        return {"timings_ms": timings, "reranked": reranked, "rerank_timed_out": timed_out}
+        return {"timings_ms": timings, "reranked": reranked, "rerank_timed_out": timed_out, "mode": trace.mode,
+                "results": trace.results, "notes": list(trace.notes)}
 
     async def stats(self) -> dict[str, Any]:
         """The Retriever's stats, whether a newer generation awaits a reload, and this server's own facts."""
