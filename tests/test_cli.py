@@ -42,7 +42,8 @@ def test_ingest_search_delete_info_verify_rebuild(tmp_path, data_files, capsys, 
     assert main(["search", index, "capital of France", "-k", "2", "--json"]) == 0
     hits = _json_out(capsys)["hits"]
     assert [h["id"] for h in hits][0] == "paris" and len(hits) == 2
-    assert set(hits[0]) == {"id", "text", "metadata", "rank", "score", "retrieval_score", "rerank_score"}
+    assert set(hits[0]) == {"id", "text", "metadata", "rank", "score", "retrieval_score", "rerank_score",
+                            "lexical_score", "passages", "found_by"}
     assert hits[0]["metadata"] == {"lang": "en", "year": 2021} and hits[0]["rerank_score"] is not None
 
     assert main(["search", index, "capital", "-k", "5", "--no-rerank", "--json", "--filter", '{"lang": "es"}']) == 0

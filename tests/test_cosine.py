@@ -79,12 +79,15 @@ def test_retrieval_score_is_the_cosine_of_the_real_embeddings(corpus_index):
     q = r.embedder.encode_queries([query])[0]
     assert q.dtype == np.float32 and abs(np.linalg.norm(q) - 1) < 1e-5
     for h in hits:
-        vid = r.store.get(h.id).vid
+        # a document hit's cosine is its best passage's (the chunk it was found by)
+        row_id = h.passages[0].id
+        assert h.passages[0].retrieval_score == h.retrieval_score
+        vid = r.store.get(row_id).vid
         _, stored = r.store.vectors([vid])
         assert h.retrieval_score == pytest.approx(float(q @ stored[0]), abs=1e-4)
         # and the stored vector is the model's embedding of the stored text (the onnx path embeds documents in
         # batches, whose shared int8 activation scale moves a vector by well under 0.01 of cosine)
-        fresh = r.embedder.encode([r.get(h.id).text])[0]
+        fresh = r.embedder.encode([r.get(row_id).text])[0]
         assert float(fresh @ stored[0]) > (0.99 if r.embedder.backend == "onnx" else 0.99999)
         assert h.rerank_score is None and h.score == h.retrieval_score
     assert [h.retrieval_score for h in hits] == sorted((h.retrieval_score for h in hits), reverse=True)
@@ -103,7 +106,7 @@ def test_search_agrees_with_numpy_over_the_stored_vectors(corpus_index):
         hits = r.search(query, k=5, rerank=False)
         kth = np.sort(sims)[-5]
         for h in hits:
-            vid = next(v for v in vids if rows[int(v)].id == h.id)
+            vid = next(v for v in vids if rows[int(v)].id == h.passages[0].id)
             assert sims[list(vids).index(vid)] >= kth - 1e-5
         assert hits[0].retrieval_score == pytest.approx(float(sims.max()), abs=1e-5)
 

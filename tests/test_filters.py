@@ -90,14 +90,16 @@ def test_malformed_filters_name_the_problem(bad, words):
 
 
 @pytest.mark.real
+@pytest.mark.parametrize("results", ["documents", "chunks"])
 @pytest.mark.parametrize("threshold", [0, 100_000], ids=["faiss-id-selector", "exact-scan"])
-def test_filtered_search_returns_min_k_matches_all_matching(corpus_index, threshold):
+def test_filtered_search_returns_min_k_matches_all_matching(corpus_index, threshold, results):
     r = corpus_index
-    r.config = r.config.replace(index={"exact_filter_threshold": threshold})
+    r.config = r.config.replace(index={"exact_filter_threshold": threshold}, retrieval={"results": results})
     try:
-        domains = {}
+        domains = {}  # matches per domain: documents (k distinct documents, or all that match), or chunks
         for row in r.store.fetch(r.store.vids().tolist()).values():
-            domains[row.metadata.get("domain")] = domains.get(row.metadata.get("domain"), 0) + 1
+            if results == "chunks" or row.metadata.get("chunk_index", 0) == 0:
+                domains[row.metadata.get("domain")] = domains.get(row.metadata.get("domain"), 0) + 1
         rare = min(domains, key=domains.get)  # fewer matches than k
         common = max(domains, key=domains.get)
         for domain, k in [(rare, 50), (common, 10), (common, 1000)]:
@@ -108,7 +110,7 @@ def test_filtered_search_returns_min_k_matches_all_matching(corpus_index, thresh
         # a filter no document matches gives no hits, not an error
         assert r.search("anything", k=5, filters={"domain": "no-such-domain"}, rerank=False) == []
     finally:
-        r.config = r.config.replace(index={"exact_filter_threshold": 2048})
+        r.config = r.config.replace(index={"exact_filter_threshold": 2048}, retrieval={"results": "documents"})
 
 
 @pytest.mark.real

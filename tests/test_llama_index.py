@@ -155,7 +155,14 @@ def test_cross_encoder_reranker_reorders_any_nodes_and_keeps_the_retrieval_score
     nodes = [NodeWithScore(node=TextNode(id_=h.id, text=h.text, metadata=dict(h.metadata)), score=h.retrieval_score)
              for h in hits]
     out = CrossEncoderReranker(top_n=5).postprocess_nodes(nodes, query_str=q)
-    ours = corpus_index.search(q, k=5, rerank=True)  # the same candidates, the same cross-encoder and settings
+    # the same candidates, the same cross-encoder and settings, ordered by the cross-encoder alone as the
+    # postprocessor does
+    config = corpus_index.config
+    corpus_index.config = config.replace(rerank={"fusion": "cross_encoder"})
+    try:
+        ours = corpus_index.search(q, k=5, rerank=True)
+    finally:
+        corpus_index.config = config
     assert [n.node.node_id for n in out] == [h.id for h in ours]
     assert np.allclose([n.score for n in out], [h.rerank_score for h in ours], atol=1e-5)
     assert all(isinstance(n, ScoredNode) and n.rerank_score == n.score for n in out)

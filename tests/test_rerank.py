@@ -31,13 +31,24 @@ def test_cross_encoder_fixes_a_lexical_false_positive(france):
     assert reranked[0].id == "answer"
     assert [h.id for h in plain] != [h.id for h in reranked]
     for h in reranked:
-        assert 0.0 <= h.rerank_score <= 1.0 and h.score == h.rerank_score
+        assert 0.0 <= h.rerank_score <= 1.0
         assert -1.0 <= h.retrieval_score <= 1.0
     # retrieval scores are the same cosines with or without rerank
     cos = {h.id: h.retrieval_score for h in plain}
     assert all(h.retrieval_score == pytest.approx(cos[h.id], abs=1e-6) for h in reranked)
-    assert [h.rerank_score for h in reranked] == sorted((h.rerank_score for h in reranked), reverse=True)
+    # the default final order fuses the cross-encoder's rank with the retrieval rank: `score` is that fused
+    # score, the hits are in its order, and the cross-encoder's own score stays in `rerank_score`
+    assert france.config.rerank.fusion == "rrf"
+    assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+    assert all(h.score != h.rerank_score for h in reranked)
     assert reranked[-1].id == "banana" and reranked[-1].rerank_score < 0.01
+    # by the cross-encoder alone (fusion = "cross_encoder"; chunks mode always): score is the rerank score
+    for override in ({"rerank": {"fusion": "cross_encoder"}}, {"retrieval": {"results": "chunks"}}):
+        france.config = RetrieverConfig().replace(**override)
+        alone = france.search(QUERY, k=5)
+        assert alone[0].id == "answer" and all(h.score == h.rerank_score for h in alone)
+        assert [h.rerank_score for h in alone] == sorted((h.rerank_score for h in alone), reverse=True)
+        assert {h.id: h.rerank_score for h in alone} == pytest.approx({h.id: h.rerank_score for h in reranked})
 
 
 @pytest.mark.real

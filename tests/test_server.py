@@ -49,8 +49,12 @@ def test_search_returns_hits_with_both_scores_and_stage_timings(served):
     assert body["reranked"] is True and body["rerank_timed_out"] is False
     hits = body["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
-    assert set(hits[0]) == {"id", "text", "metadata", "rank", "score", "retrieval_score", "rerank_score"}
-    assert all(h["score"] == h["rerank_score"] and -1 <= h["retrieval_score"] <= 1 for h in hits)
+    assert set(hits[0]) == {"id", "text", "metadata", "rank", "score", "retrieval_score", "rerank_score",
+                            "lexical_score", "passages", "found_by"}
+    # documents mode: `score` fuses the cross-encoder's rank with the retrieval rank; both scores stay apart
+    assert all(0 <= h["rerank_score"] <= 1 and -1 <= h["retrieval_score"] <= 1 for h in hits)
+    assert body["mode"] == "dense" and body["result_kind"] == "documents" and body["notes"] == []
+    assert all(h["passages"] and h["found_by"] for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(body["timings_ms"][s] > 0 for s in ("embed", "search", "join", "rerank", "total"))
 

@@ -67,7 +67,7 @@ class SearchResponse(BaseModel):
     reranked: bool
     rerank_timed_out: bool
     mode: Mode
-    results: Literal["documents", "chunks"]
+    result_kind: Literal["documents", "chunks"] = Field(description="what a hit is: [retrieval] results")
     notes: list[str] = Field(default_factory=list, description="what to know, e.g. a lexical query of only stop words")
     generation: int
 
@@ -82,7 +82,7 @@ class SearchBatchResponse(BaseModel):
     reranked: bool
     rerank_timed_out: bool
     mode: Mode
-    results: Literal["documents", "chunks"]
+    result_kind: Literal["documents", "chunks"] = Field(description="what a hit is: [retrieval] results")
     notes: list[str] = Field(default_factory=list, description="what to know, e.g. a lexical query of only stop words")
     generation: int
 

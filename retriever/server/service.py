@@ -149,7 +149,7 @@ class Service:
         if timed_out:
             self.metrics.rerank_timeouts.inc(queries)
         return {"timings_ms": timings, "reranked": reranked, "rerank_timed_out": timed_out, "mode": trace.mode,
-                "results": trace.results, "notes": list(trace.notes)}
+                "result_kind": trace.results, "notes": list(trace.notes)}
 
     async def stats(self) -> dict[str, Any]:
         """The Retriever's stats, whether a newer generation awaits a reload, and this server's own facts."""
