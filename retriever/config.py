@@ -98,7 +98,7 @@ class RetrievalConfig:
     # passage, `passages` the matched chunks); chunks: k chunks, the pipeline before documents mode, exactly
     results: str = field(default="documents", metadata=_rule(choices=("documents", "chunks")))
     # dense: FAISS cosine; lexical: BM25 over the stored text (tantivy); hybrid: both, fused
-    mode: str = field(default="dense", metadata=_rule(choices=("dense", "lexical", "hybrid")))
+    mode: str = field(default="hybrid", metadata=_rule(choices=("dense", "lexical", "hybrid")))
     # how hybrid fuses the two ranked lists of documents: rrf (reciprocal rank, 1 / (rrf_k + rank)) or convex
     # (weight * dense + (1 - weight) * lexical, each score min-max normalized over the query's candidates)
     fusion: str = field(default="rrf", metadata=_rule(choices=("rrf", "convex")))

@@ -21,6 +21,7 @@ from . import runtime
 from .config import RetrieverConfig
 from .errors import IndexMismatchError, RetrieverError
 from .index_plan import check_settings, plan_index
+from .lexical import LEXICAL, LexicalIndex, install, open_lexical
 from .locks import ReadWriteLock
 from .manifest import Manifest, SnapshotRecord, now, open_config
 from .models import file_sha256
@@ -40,12 +41,15 @@ class Generation:
     they change only through the methods here, under `rw`'s write side."""
 
     def __init__(self, root: Path, manifest: Manifest, store: Store, index: VectorIndex, config: RetrieverConfig,
-                 *, read_only: bool, lock: WriterLock | None = None, reader_mark: ReaderMark | None = None,
-                 recovered: str | None = None):
+                 *, read_only: bool, lexical: LexicalIndex, lock: WriterLock | None = None,
+                 reader_mark: ReaderMark | None = None, recovered: str | None = None,
+                 lexical_recovered: str | None = None):
         self.root = root
         self.manifest = manifest
         self.store = store
         self.index = index
+        self.lexical = lexical  # the BM25 arm over the same rows; written with FAISS, under the same locks
+        self.lexical_recovered = lexical_recovered  # why the lexical arm was built or replayed on open, or None
         self.config = config
         self.read_only = read_only
         self.recovered = recovered  # why the FAISS snapshot was repaired on open, or None
@@ -53,7 +57,8 @@ class Generation:
         self._reader_mark = reader_mark  # read-only: the generation this process serves
         self.rw = ReadWriteLock()
         self.write_lock = threading.RLock()
-        self.saved_seq = manifest.snapshot.seq if manifest.snapshot and recovered is None else -1
+        self.saved_seq = (manifest.snapshot.seq if manifest.snapshot and recovered is None and lexical_recovered is None
+                          else -1)
         self.closed = False
         self._pending_warned = False
         self.rescore = DEFAULT_RESCORE
@@ -96,8 +101,10 @@ class Generation:
         lock.acquire()
         generation_dir(root, 1).mkdir()
         store = Store.create(generation_dir(root, 1) / STORE, dim)
+        lexical = LexicalIndex.build(store, generation_dir(root, 1) / LEXICAL)
         manifest = Manifest.new(config.to_dict(), embedder, 1, index_meta(plan, config.index.kind, None))
-        gen = cls(root, manifest, store, VectorIndex(dim, plan), config, read_only=False, lock=lock)
+        gen = cls(root, manifest, store, VectorIndex(dim, plan), config, read_only=False, lock=lock,
+                  lexical=lexical)
         gen.save()
         return gen
 
@@ -123,14 +130,19 @@ class Generation:
                 manifest = fork(root, manifest)
                 store = Store.open(generation_dir(root, manifest.generation) / STORE)
             index, recovered = _checked_index(root, manifest, store, config, mmap=False)
+            lexical, lexical_recovered = open_lexical(generation_dir(root, manifest.generation), manifest.lexical,
+                                                      store, writable=True)
         except BaseException:
             if store is not None:
                 store.close()
             lock.release()
             raise
-        gen = cls(root, manifest, store, index, config, read_only=False, lock=lock, recovered=recovered)
-        if recovered:
-            log.warning("%s: %s", root, recovered)
+        gen = cls(root, manifest, store, index, config, read_only=False, lock=lock, recovered=recovered,
+                  lexical=lexical, lexical_recovered=lexical_recovered)
+        for why in (recovered, lexical_recovered):
+            if why:
+                log.warning("%s: %s", root, why)
+        if recovered or lexical_recovered:
             gen.save()
         return gen
 
@@ -152,6 +164,7 @@ class Generation:
                     runtime.configure_from(cfg.runtime)
                     store = Store.open(gdir / STORE, read_only=True)
                     index, recovered = _checked_index(root, m, store, cfg, mmap=cfg.index.mmap)
+                    lexical, lexical_recovered = open_lexical(gdir, m.lexical, store, writable=False)
                 except StoreBusy as e:
                     mark.release()
                     busy = e
@@ -164,9 +177,11 @@ class Generation:
                         store.close()
                     mark.release()
                     raise
-                if recovered:
-                    log.warning("%s: %s", root, recovered)
-                return cls(root, m, store, index, cfg, read_only=True, reader_mark=mark, recovered=recovered)
+                for why in (recovered, lexical_recovered):
+                    if why:
+                        log.warning("%s: %s", root, why)
+                return cls(root, m, store, index, cfg, read_only=True, reader_mark=mark, recovered=recovered,
+                           lexical=lexical, lexical_recovered=lexical_recovered)
             else:
                 raise RetrieverError(
                     f"{root}: generation {manifest.generation} is open for writing in another process that started "
@@ -185,18 +200,21 @@ class Generation:
 
     def upsert(self, keys: Sequence[str], rows: list[tuple], vectors) -> WriteResult:
         """Rows (id, parent_id, text, metadata) with their vectors replace every row of `keys`: DuckDB in one
-        transaction, then FAISS."""
+        transaction (the acknowledgement), then FAISS and the lexical arm."""
         position = {row[0]: i for i, row in enumerate(rows)}
         with self.writing():
             result = self.store.upsert(keys, rows, vectors)
             self.index.remove(result.removed_vids)
             self.index.add(result.added_vids, vectors[[position[i] for i in result.added_ids]])
+            self.lexical.apply(result.added_vids, [rows[position[i]][2] for i in result.added_ids],
+                               result.removed_vids)
         return result
 
     def delete(self, keys: Sequence[str]) -> WriteResult:
         with self.writing():
             result = self.store.delete(keys)
             self.index.remove(result.removed_vids)
+            self.lexical.apply([], [], result.removed_vids)
         return result
 
     def swap_index(self, index: VectorIndex, meta: dict, config: RetrieverConfig | None = None) -> None:
@@ -210,14 +228,34 @@ class Generation:
             self.apply_search_settings()
         self.saved_seq = -1
 
-    def swap_contents(self, store: Store, index: VectorIndex, manifest: Manifest, config: RetrieverConfig) -> Store:
+    def swap_contents(self, store: Store, index: VectorIndex, lexical: LexicalIndex, manifest: Manifest,
+                      config: RetrieverConfig) -> Store:
         """Serve another generation's files (a re-embed's); returns the store it replaced, still open."""
         with self.rw.write():
-            old, self.store, self.index = self.store, store, index
+            self.lexical.close()
+            old, self.store, self.index, self.lexical = self.store, store, index, lexical
             self.manifest, self.config = manifest, config
             self.apply_search_settings()
         self.saved_seq = -1
         return old
+
+    def rebuild_lexical(self) -> int:
+        """A fresh lexical arm from DuckDB's rows (built beside the live one, then swapped in); saved at the next
+        save. Returns the chunks indexed."""
+        with self.write_lock:
+            tmp = self.dir / f".{LEXICAL}.build-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            built = LexicalIndex.build(self.store, tmp / LEXICAL)
+            built.close()
+            with self.rw.write():
+                self.lexical.close()
+                install(tmp / LEXICAL, self.dir / LEXICAL)
+                self.lexical = LexicalIndex.open(self.dir / LEXICAL, writable=True)
+                self.lexical_recovered = None
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.saved_seq = -1
+            return len(self.lexical)
 
     def set_manifest(self, manifest: Manifest) -> None:
         """Write `manifest` (same generation, e.g. tuned search settings) and serve by it."""
@@ -249,6 +287,7 @@ class Generation:
             fsync_dir(gdir)
             manifest = self.manifest.replace(
                 previous=self.manifest.snapshot, snapshot=SnapshotRecord(seq, sha, ntotal, now()),
+                lexical=self.lexical.record(seq),
                 counts={"documents": self.store.count_parents(), "vectors": len(self.index),
                         "masked": self.index.masked})
             manifest.write(self.root)
@@ -284,12 +323,16 @@ class Generation:
             with self.rw.write():
                 published = self.number
                 self.store.close()
+                self.lexical.close()
                 try:
                     manifest = fork(self.root, self.manifest)
                 except BaseException:
                     self.store = Store.open(generation_dir(self.root, published) / STORE)
+                    self.lexical = LexicalIndex.open(generation_dir(self.root, published) / LEXICAL, writable=True)
                     raise
                 self.store = Store.open(generation_dir(self.root, manifest.generation) / STORE)
+                self.lexical = LexicalIndex.open(generation_dir(self.root, manifest.generation) / LEXICAL,
+                                                 writable=True)
                 self.manifest = manifest
             remove_stale_generations(self.root, manifest)
         return published, manifest.generation
@@ -305,6 +348,7 @@ class Generation:
             with self.rw.write():
                 self.closed = True
                 self.store.close()
+                self.lexical.close()
             if self._reader_mark:
                 self._reader_mark.release()
             if self._lock:
@@ -368,6 +412,9 @@ def remove_stale_generations(root: Path, manifest: Manifest) -> None:
         gdir = generation_dir(root, n)
         if n not in keep and not has_readers(gdir):
             shutil.rmtree(gdir, ignore_errors=True)
-    for tmp in [*root.glob(f".{MANIFEST}.tmp-*"), *generation_dir(root, manifest.generation).glob(f".{SNAPSHOT}.tmp-*")]:
+    gdir = generation_dir(root, manifest.generation)
+    for tmp in [*root.glob(f".{MANIFEST}.tmp-*"), *gdir.glob(f".{SNAPSHOT}.tmp-*")]:
         tmp.unlink(missing_ok=True)
+    for tmp in [*gdir.glob(f".{LEXICAL}.tmp-*"), *gdir.glob(f".{LEXICAL}.old-*"), *gdir.glob(f".{LEXICAL}.build-*")]:
+        shutil.rmtree(tmp, ignore_errors=True)
 

@@ -13,6 +13,7 @@ from . import runtime
 from .embedding import Embedder
 from .errors import IndexMismatchError, InputError
 from .index_plan import IndexPlan, check_settings, plan_index, retrain_due
+from .lexical import ANALYZER, LEXICAL, LexicalIndex, library
 from .manifest import Manifest, now
 from .models import file_sha256
 from .persistence import SNAPSHOT, STORE
@@ -52,8 +53,19 @@ def stats(gen, models, cache_stats: dict, fallbacks: int) -> dict[str, Any]:
         "snapshot_bytes": (gdir / SNAPSHOT).stat().st_size if (gdir / SNAPSHOT).exists() else 0,
         "read_only": gen.read_only,
         "recovered": gen.recovered,
+        "lexical": lexical_status(gen),
         "threads": runtime.current(),
     }
+
+
+def lexical_status(gen) -> dict[str, Any]:
+    """The lexical arm: chunks indexed, where it lives, what made it, and what was done to it on open."""
+    lex, record = gen.lexical, gen.manifest.lexical or {}
+    lexical_dir = gen.dir / LEXICAL
+    return {"chunks": len(lex), "library": library(), "analyzer": ANALYZER,
+            "in_memory": lex.path is None, "saved_seq": record.get("seq"),
+            "bytes": sum(f.stat().st_size for f in lexical_dir.rglob("*") if f.is_file()) if lexical_dir.is_dir() else 0,
+            "recovered": gen.lexical_recovered}
 
 
 def index_status(gen, fallbacks: int) -> dict[str, Any]:
@@ -106,6 +118,7 @@ def verify(gen, models, fallbacks: int, *, check_model: bool = True) -> VerifyRe
     checks["snapshot_checksum"] = not problems
     with gen.rw.read():
         problems += _check_vectors(gen, checks)
+        problems += _check_lexical(gen, checks)
     if check_model:
         try:
             models.checked = False
@@ -148,6 +161,23 @@ def _check_vectors(gen, checks: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _check_lexical(gen, checks: dict[str, Any]) -> list[str]:
+    """The lexical arm's vids against DuckDB's rows, and that it answers a query."""
+    fix = f"(run `retriever rebuild {gen.root}`)"
+    where = gen.lexical.path or "the in-memory lexical index"
+    try:
+        lex_vids = gen.lexical.vids()
+        gen.lexical.search("index", 1)
+    except Exception as e:  # a damaged segment surfaces as a tantivy error here
+        checks["lexical_ids_match"] = False
+        return [f"{where} cannot be read ({e}) {fix}"]
+    same = np.array_equal(lex_vids, gen.store.vids())
+    checks.update(lexical_ids_match=bool(same), lexical_chunks=int(len(lex_vids)))
+    if not same:
+        return [f"{where} holds {len(lex_vids)} chunks, DuckDB {gen.store.count()} rows, and they differ {fix}"]
+    return []
+
+
 def store_tuning(gen, report, k: int) -> None:
     """Record a tune report's chosen setting in the manifest, where every later open picks it up."""
     c = report.chosen
@@ -164,9 +194,10 @@ def store_tuning(gen, report, k: int) -> None:
 
 
 def rebuild(gen, index: dict | None) -> int:
-    """Rebuild FAISS from DuckDB's vectors with the [index] settings changed by `index`; then save."""
+    """Rebuild FAISS and the lexical arm from DuckDB with the [index] settings changed by `index`; then save."""
     config = gen.config.replace(index=index) if index else gen.config
     with gen.write_lock:
+        gen.rebuild_lexical()
         n = gen.store.count()
         plan = plan_index(config.index, gen.index.dim, n, strict=True)
         old = gen.manifest.index
@@ -202,6 +233,7 @@ def reembed(gen, models, searcher, model: str, *, batch_size: int | None, backen
                 log.info("reembed: %d/%d", done, total)
             plan = plan_index(config.index, dim, store.count(), strict=False)
             index, trained = build_index(store, dim, config.index, plan)
+            lexical = LexicalIndex.build(store, gdir / LEXICAL)
         except BaseException:
             store.close()
             shutil.rmtree(gdir, ignore_errors=True)
@@ -211,7 +243,7 @@ def reembed(gen, models, searcher, model: str, *, batch_size: int | None, backen
         manifest = manifest.replace(created_at=gen.manifest.created_at, stable=gen.manifest.stable,
                                     extra={**manifest.extra, "reembedded_at": now()})
         with gen.rw.write():  # searches see the old generation with its caches, or the new one with none
-            old_store = gen.swap_contents(store, index, manifest, config)
+            old_store = gen.swap_contents(store, index, lexical, manifest, config)
             models.embedder, models.checked = embedder, True
             models.reranker = Reranker.from_config(config)
             searcher.clear_caches()  # the new file numbers vids afresh

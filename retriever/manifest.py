@@ -19,7 +19,7 @@ from .persistence import FORMAT_VERSION, MANIFEST, read_manifest, write_json_ato
 
 # the keys this type names; any other top-level key (e.g. `reembedded_at`) is kept in `extra`
 _KNOWN = ("format_version", "generation", "created_at", "config", "embedder", "index", "counts", "snapshot",
-          "previous", "stable", "forked_from")
+          "previous", "stable", "forked_from", "lexical")
 
 
 def now() -> str:
@@ -57,6 +57,7 @@ class Manifest:
     previous: SnapshotRecord | None = None
     stable: "Manifest | None" = None  # the generation read-only processes may open while a writer holds this one
     forked_from: int | None = None
+    lexical: dict[str, Any] | None = None  # the lexical arm at the last save: library, analyzer, seq, chunks
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------- reading
@@ -68,7 +69,7 @@ class Manifest:
             counts=d.get("counts") or {}, snapshot=SnapshotRecord.from_dict(d.get("snapshot")),
             previous=SnapshotRecord.from_dict(d.get("previous")),
             stable=cls.from_dict(d["stable"]) if d.get("stable") else None, forked_from=d.get("forked_from"),
-            extra={k: v for k, v in d.items() if k not in _KNOWN},
+            lexical=d.get("lexical"), extra={k: v for k, v in d.items() if k not in _KNOWN},
         )
 
     @classmethod
@@ -87,6 +88,8 @@ class Manifest:
             d["stable"] = self.stable.to_dict()
         if self.forked_from is not None:
             d["forked_from"] = self.forked_from
+        if self.lexical is not None:
+            d["lexical"] = self.lexical
         d.update(self.extra)
         return d
 

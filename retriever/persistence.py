@@ -10,6 +10,7 @@ An index directory::
         store.duckdb          documents(vid, id, parent_id, text, metadata, vector), changelog, info
         vectors.faiss         the FAISS snapshot the manifest's checksum covers
         vectors.faiss.prev    the previous good snapshot
+        lexical/              the tantivy BM25 index of the stored text (the manifest's `lexical` record)
 
 Several read-only processes (servers) and one writer share a directory by generations: DuckDB lets a file be open
 read-write by one process or read-only by many, never both. A writer that finds readers on the current generation
@@ -63,6 +64,9 @@ def copy_generation(root: Path, source: int, target: int) -> Path:
             shutil.copyfile(src / name, dst / name)
             with open(dst / name, "rb+") as f:
                 os.fsync(f.fileno())
+    from .lexical import copy_lexical
+
+    copy_lexical(src, dst)
     fsync_dir(dst)
     fsync_dir(root)
     return dst

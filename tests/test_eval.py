@@ -121,9 +121,9 @@ def test_chunks_count_for_their_parent_once_and_absent_ids_are_reported(tiny, tm
     assert rep["per_query"]["f"]["final"]["recall@10"] == 0.5
     assert rep["metrics"]["ann"]["ann_recall@10"] == 1.0 and rep["metrics"]["ann_is_exact_index"]
     lat = rep["latency_ms"]
-    assert set(lat["single"]) == {"embed", "search", "join", "rerank", "total"}
+    assert set(lat["single"]) == {"embed", "search", "lexical", "join", "rerank", "total"}
     assert lat["single"]["rerank"]["p50_ms"] > 0 and lat["concurrent"]["callers"] == 2
-    assert set(lat["concurrent"]["stages"]) == {"embed", "search", "join", "rerank"}
+    assert set(lat["concurrent"]["stages"]) == {"embed", "search", "lexical", "join", "rerank"}
     for name in ("recall@10", "retrieval.recall@10", "ann_recall@10", "p95_ms", "rerank.p95_ms", "concurrent.p99_ms",
                  "concurrent.rerank.p95_ms"):
         assert name in rep["flat"]
