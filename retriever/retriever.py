@@ -21,6 +21,7 @@ from .errors import InputError
 from .filters import compile_filter
 from .generation import Generation
 from .inputs import check_ids, check_k, check_mode, check_queries, check_query
+from .lexical import LexicalIndex
 from .manifest import Manifest
 from .models_in_use import ModelsInUse
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
@@ -148,6 +149,11 @@ class Retriever:
     def vector_index(self) -> VectorIndex:
         """The FAISS index derived from the store."""
         return self._gen.index
+
+    @property
+    def lexical_index(self) -> LexicalIndex:
+        """The lexical arm (tantivy BM25 over the stored chunk text) derived from the store."""
+        return self._gen.lexical
 
     @property
     def embedder(self) -> Embedder:

@@ -342,8 +342,14 @@ def test_sigkill_mid_ingest_keeps_every_acknowledged_batch(tmp_path, model_cache
 
         rep = r.verify()
         assert rep.ok, rep.problems
-        assert rep.checks["ids_match"] is True
+        assert rep.checks["ids_match"] is True and rep.checks["lexical_ids_match"] is True
         assert rep.checks["faiss_ntotal"] == rep.checks["duckdb_rows"] == r.stats()["vectors"]
+        assert rep.checks["lexical_chunks"] == rep.checks["duckdb_rows"]
+        # the lexical arm (its tantivy writer lock died with the child) was replayed or rebuilt, and finds them
+        assert r.stats()["lexical"]["recovered"] is not None
+        for doc_id in present[::7]:
+            hits = r.search(by_id[doc_id].text[:300], k=5, mode="lexical", rerank=False)
+            assert doc_id in [h.id for h in hits], doc_id
         assert rep.checks["duckdb_rows"] >= len(present)
         if "replayed" in r.recovered:
             assert f"replayed {rep.checks['duckdb_rows']} additions and 0 deletions" in r.recovered
@@ -555,9 +561,13 @@ def test_sigkill_during_save_loses_no_acknowledged_write(tmp_path, base_index, m
         for e in probe:
             hits = r.search(e["text"], k=3, rerank=False)
             assert hits[0].id == e["id"] and hits[0].retrieval_score > 0.99
+            lexical = r.search(e["text"], k=3, mode="lexical", rerank=False)
+            assert lexical[0].id == e["id"], (e, r.stats()["lexical"])
         gone = [e["id"] for e in written if e["op"] == "del"][-3:]
-        for doc_id, hits in zip(gone, r.search_batch([current[g].text for g in gone], k=5, rerank=False) if gone else []):
-            assert doc_id not in [h.id for h in hits]
+        for mode_ in ("dense", "lexical"):
+            texts = [current[g].text for g in gone]
+            for doc_id, hits in zip(gone, r.search_batch(texts, k=5, rerank=False, mode=mode_) if gone else []):
+                assert doc_id not in [h.id for h in hits], mode_
 
     # whatever the crash left behind was repaired and saved: the next open is clean
     with Retriever.open(index) as r:
