@@ -78,3 +78,94 @@ def fitz_gov_subset(n_docs: int = 1000) -> tuple[list[Document], list[LabeledQue
     keep = set(chosen)
     queries = [q for q in fitz_gov_queries() if all(r in keep for r in q.relevant)]
     return [by_id[i] for i in chosen], queries
+
+
+# ------------------------------------------------------------------------------------------ more labeled sets
+REPORT_SIZE = 30          # fitz-gov documents per report: about 3,000 words, 4,000 tokens
+MIN_DOMAIN = 10           # domains with fewer documents are pooled into one "misc" domain
+MAX_REPORTS_PER_QUERY = 2
+
+
+def _evals_dir() -> Path:
+    """`evals/` of a checkout (the labeled sets that are committed rather than derived)."""
+    return Path(__file__).resolve().parent.parent / "evals"
+
+
+def fitz_gov_reports() -> tuple[list[Document], list[LabeledQuery]]:
+    """The long-document set: fitz-gov documents of one domain concatenated, in id order, into reports of
+    REPORT_SIZE documents (each section headed by its title), judged at report level. A query's relevant reports
+    are those holding its relevant documents; queries whose documents spread over more than
+    MAX_REPORTS_PER_QUERY reports are left out. Deterministic, built from the installed package at load time."""
+    docs = fitz_gov_documents()
+    by_domain: dict[str, list[Document]] = {}
+    for d in docs:
+        by_domain.setdefault(d.metadata.get("domain") or "misc", []).append(d)
+    for domain in [k for k, v in by_domain.items() if len(v) < MIN_DOMAIN]:
+        by_domain.setdefault("misc", []).extend(by_domain.pop(domain))
+    reports, report_of = [], {}
+    for domain in sorted(by_domain):
+        members = sorted(by_domain[domain], key=lambda d: d.id)
+        groups = [members[i:i + REPORT_SIZE] for i in range(0, len(members), REPORT_SIZE)]
+        if len(groups) > 1 and len(groups[-1]) < REPORT_SIZE // 3:  # no stub reports: the tail joins the last
+            groups[-2].extend(groups.pop())
+        for n, group in enumerate(groups, 1):
+            rid = f"report-{domain}-{n:02d}"
+            text = f"{domain.replace('_', ' ').title()} report {n}\n\n" + "\n\n".join(
+                f"## {d.metadata.get('title') or d.id}\n\n{d.text}" for d in group)
+            reports.append(Document(rid, text, {"domain": domain, "title": f"{domain} report {n}",
+                                                "documents": [d.id for d in group]}))
+            report_of.update({d.id: rid for d in group})
+    queries = []
+    for q in fitz_gov_queries():
+        rel = {report_of[d] for d in q.relevant if d in report_of}
+        if rel and len(rel) <= MAX_REPORTS_PER_QUERY and all(d in report_of for d in q.relevant):
+            queries.append(LabeledQuery(q.id, q.query, dict.fromkeys(sorted(rel), 1.0), q.category))
+    return reports, queries
+
+
+def python_docs() -> tuple[list[Document], list[LabeledQuery]]:
+    """Another domain: Python's own documentation (language reference sections and stdlib module summaries,
+    `evals/python-docs/corpus.jsonl`) with 100 hand-written developer questions (`queries.jsonl`); how they
+    were made: `evals/python-docs/README.md`."""
+    from .evaluation.queries import load_jsonl
+
+    folder = _evals_dir() / "python-docs"
+    if not (folder / "corpus.jsonl").is_file():
+        raise RetrieverError(f"{folder / 'corpus.jsonl'} is missing: the python-docs set lives in a checkout's evals/")
+    docs = []
+    with open(folder / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            docs.append(Document(row["id"], f"{row['title']}\n\n{row['text']}", {"title": row["title"],
+                                                                                  "kind": row["kind"]}))
+    return docs, load_jsonl(folder / "queries.jsonl")
+
+
+LABELED_SETS = ("fitz-gov", "fitz-gov-subset", "fitz-gov-reports", "python-docs")
+
+
+def labeled_set(name: str) -> tuple[list[Document], list[LabeledQuery]]:
+    """(documents, labeled queries) of a named set: fitz-gov (all 5,010 documents, 2,812 queries), fitz-gov-subset
+    (the default corpus, `fitz_gov_subset(1000)`), fitz-gov-reports (long documents), python-docs (another domain)."""
+    if name == "fitz-gov":
+        return fitz_gov_documents(), fitz_gov_queries()
+    if name == "fitz-gov-subset":
+        return fitz_gov_subset(1000)
+    if name == "fitz-gov-reports":
+        return fitz_gov_reports()
+    if name == "python-docs":
+        return python_docs()
+    raise RetrieverError(f"unknown labeled set {name!r}; the sets are {', '.join(LABELED_SETS)}")
+
+
+def split_queries(queries: list[LabeledQuery], holdout: float = 0.3, seed: int = 0
+                  ) -> tuple[list[LabeledQuery], list[LabeledQuery]]:
+    """(tuning, held-out) by a stable hash of each query's id: the same query always lands on the same side, and
+    defaults are chosen on the tuning side only."""
+    import hashlib
+
+    def held(q: LabeledQuery) -> bool:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{q.id}".encode()).digest()[:8], "big")
+        return h / 2 ** 64 < holdout
+
+    return [q for q in queries if not held(q)], [q for q in queries if held(q)]

@@ -23,15 +23,24 @@ class LabeledQuery:
 FITZ_GOV = "fitz-gov"
 
 
+NAMED_SETS = (FITZ_GOV, "fitz-gov-reports", "python-docs")
+
+
 def load_queries(source: str | Path) -> list[LabeledQuery]:
-    """A JSONL file, a BEIR folder, or the name ``fitz-gov`` (its 2,812 labeled queries)."""
+    """A JSONL file, a BEIR folder, or a set's name: ``fitz-gov`` (its 2,812 labeled queries), ``fitz-gov-reports``
+    (the long-document set) or ``python-docs`` (`retriever.datasets.labeled_set`)."""
     if str(source) == FITZ_GOV:
         return fitz_gov_queries()
+    if str(source) in NAMED_SETS:
+        from ..datasets import labeled_set
+
+        return labeled_set(str(source))[1]
     path = Path(source)
     if path.is_dir():
         return load_beir(path)
     if not path.is_file():
-        raise InputError(f"queries {path} does not exist; pass a .jsonl file, a BEIR folder or '{FITZ_GOV}'")
+        raise InputError(f"queries {path} does not exist; pass a .jsonl file, a BEIR folder or one of "
+                         f"{', '.join(repr(n) for n in NAMED_SETS)}")
     return load_jsonl(path)
 
 
