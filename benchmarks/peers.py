@@ -249,4 +249,74 @@ class LlamaIndexPipeline(Pipeline):
                 "embed_batch_size": self.embed.embed_batch_size}
 
 
-PIPELINES = {"bare": BarePipeline, "langchain": LangChainPipeline, "llama-index": LlamaIndexPipeline}
+# ------------------------------------------------------------------------------------------ hybrid recipes
+
+class LangChainHybridPipeline(LangChainPipeline):
+    """LangChain's own hybrid recipe: `EnsembleRetriever` (weighted reciprocal rank fusion) of the FAISS retriever and
+    langchain-community's `BM25Retriever` (rank_bm25's BM25Okapi over the same chunks), weights [0.5, 0.5], k=20
+    each, then the same CrossEncoderReranker top_n=10."""
+    name = "langchain-hybrid"
+
+    def __init__(self, embedder_path: str, reranker_path: str):
+        require({"rank_bm25": "rank-bm25"}, "bench-langchain")
+        super().__init__(embedder_path, reranker_path)
+
+    def build(self, docs) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from langchain_classic.retrievers import EnsembleRetriever
+            from langchain_community.retrievers import BM25Retriever
+        lc_docs = [self._LCDocument(page_content=d.text, metadata={**d.metadata, "doc_id": d.id}) for d in docs]
+        chunks = self.splitter.split_documents(lc_docs)
+        self.chunks = len(chunks)
+        self.vs = self._FAISS.from_documents(chunks, self.embeddings, distance_strategy=self._strategy)
+        bm25 = BM25Retriever.from_documents(chunks, k=TOP_K)
+        self.base = EnsembleRetriever(retrievers=[self.vs.as_retriever(search_kwargs={"k": TOP_K}), bm25],
+                                      weights=[0.5, 0.5])
+        self.full = self._CCR(base_compressor=self.compressor, base_retriever=self.base)
+
+    def retrieve(self, query: str) -> list[str]:
+        return [d.metadata["doc_id"] for d in self.base.invoke(query)][:TOP_K]
+
+    def info(self) -> dict:
+        return {**super().info(), "hybrid": "EnsembleRetriever([FAISS k=20, BM25Retriever k=20], weights=[0.5, 0.5])"}
+
+
+class LlamaIndexHybridPipeline(LlamaIndexPipeline):
+    """LlamaIndex's own hybrid recipe: `QueryFusionRetriever` over the vector retriever and `BM25Retriever`
+    (llama-index-retrievers-bm25, bm25s with its English stemmer) on the same nodes, mode "reciprocal_rerank",
+    num_queries=1 (no LLM query rewriting), similarity_top_k=20, then the same SentenceTransformerRerank."""
+    name = "llama-index-hybrid"
+
+    def __init__(self, embedder_path: str, reranker_path: str):
+        require({"llama_index.retrievers.bm25": "llama-index-retrievers-bm25"}, "bench-llama-index")
+        super().__init__(embedder_path, reranker_path)
+
+    def build(self, docs) -> None:
+        import faiss
+        from llama_index.core import Document as LIDocument
+        from llama_index.core import StorageContext, VectorStoreIndex
+        from llama_index.core.retrievers import QueryFusionRetriever
+        from llama_index.retrievers.bm25 import BM25Retriever
+        from llama_index.vector_stores.faiss import FaissVectorStore
+
+        flat = faiss.IndexFlatIP(DIM)
+        store = FaissVectorStore(faiss_index=flat)
+        li_docs = [LIDocument(text=d.text, id_=d.id, metadata=dict(d.metadata)) for d in docs]
+        index = VectorStoreIndex.from_documents(li_docs, storage_context=StorageContext.from_defaults(vector_store=store),
+                                                embed_model=self.embed)
+        self.nodes = int(flat.ntotal)
+        bm25 = BM25Retriever.from_defaults(nodes=list(index.docstore.docs.values()), similarity_top_k=TOP_K)
+        self.retriever = QueryFusionRetriever([index.as_retriever(similarity_top_k=TOP_K), bm25],
+                                              similarity_top_k=TOP_K, num_queries=1, mode="reciprocal_rerank",
+                                              use_async=False)
+
+    def info(self) -> dict:
+        return {**super().info(), "hybrid": "QueryFusionRetriever([vector k=20, BM25Retriever k=20], "
+                                            "reciprocal_rerank, num_queries=1)"}
+
+
+PIPELINES = {"bare": BarePipeline, "langchain": LangChainPipeline, "llama-index": LlamaIndexPipeline,
+             "langchain-hybrid": LangChainHybridPipeline, "llama-index-hybrid": LlamaIndexHybridPipeline}
