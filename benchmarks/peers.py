@@ -170,12 +170,17 @@ class LangChainPipeline(Pipeline):
         self.chunks = 0
 
     def build(self, docs) -> None:
+        self.vector_store(docs)
+        self.base = self.vs.as_retriever(search_kwargs={"k": TOP_K})
+        self.full = self._CCR(base_compressor=self.compressor, base_retriever=self.base)
+
+    def vector_store(self, docs) -> list:
+        """The usual recipe's chunks of `docs` in a LangChain FAISS store (`self.vs`); returns the chunks."""
         lc_docs = [self._LCDocument(page_content=d.text, metadata={**d.metadata, "doc_id": d.id}) for d in docs]
         chunks = self.splitter.split_documents(lc_docs)
         self.chunks = len(chunks)
         self.vs = self._FAISS.from_documents(chunks, self.embeddings, distance_strategy=self._strategy)
-        self.base = self.vs.as_retriever(search_kwargs={"k": TOP_K})
-        self.full = self._CCR(base_compressor=self.compressor, base_retriever=self.base)
+        return chunks
 
     def retrieve(self, query: str) -> list[str]:
         return [d.metadata["doc_id"] for d in self.base.invoke(query)]
@@ -216,6 +221,10 @@ class LlamaIndexPipeline(Pipeline):
         self.nodes = 0
 
     def build(self, docs) -> None:
+        self.retriever = self.vector_index(docs).as_retriever(similarity_top_k=TOP_K)
+
+    def vector_index(self, docs):
+        """LlamaIndex's VectorStoreIndex of `docs` on a FAISS IndexFlatIP, with its default splitter."""
         import faiss
         from llama_index.core import Document as LIDocument
         from llama_index.core import StorageContext, VectorStoreIndex
@@ -227,7 +236,7 @@ class LlamaIndexPipeline(Pipeline):
         index = VectorStoreIndex.from_documents(li_docs, storage_context=StorageContext.from_defaults(vector_store=store),
                                                 embed_model=self.embed)
         self.nodes = int(flat.ntotal)
-        self.retriever = index.as_retriever(similarity_top_k=TOP_K)
+        return index
 
     def retrieve_nodes(self, query: str) -> list:
         return self.retriever.retrieve(query)
@@ -268,10 +277,7 @@ class LangChainHybridPipeline(LangChainPipeline):
             warnings.simplefilter("ignore")
             from langchain_classic.retrievers import EnsembleRetriever
             from langchain_community.retrievers import BM25Retriever
-        lc_docs = [self._LCDocument(page_content=d.text, metadata={**d.metadata, "doc_id": d.id}) for d in docs]
-        chunks = self.splitter.split_documents(lc_docs)
-        self.chunks = len(chunks)
-        self.vs = self._FAISS.from_documents(chunks, self.embeddings, distance_strategy=self._strategy)
+        chunks = self.vector_store(docs)
         bm25 = BM25Retriever.from_documents(chunks, k=TOP_K)
         self.base = EnsembleRetriever(retrievers=[self.vs.as_retriever(search_kwargs={"k": TOP_K}), bm25],
                                       weights=[0.5, 0.5])
@@ -295,19 +301,10 @@ class LlamaIndexHybridPipeline(LlamaIndexPipeline):
         super().__init__(embedder_path, reranker_path)
 
     def build(self, docs) -> None:
-        import faiss
-        from llama_index.core import Document as LIDocument
-        from llama_index.core import StorageContext, VectorStoreIndex
         from llama_index.core.retrievers import QueryFusionRetriever
         from llama_index.retrievers.bm25 import BM25Retriever
-        from llama_index.vector_stores.faiss import FaissVectorStore
 
-        flat = faiss.IndexFlatIP(DIM)
-        store = FaissVectorStore(faiss_index=flat)
-        li_docs = [LIDocument(text=d.text, id_=d.id, metadata=dict(d.metadata)) for d in docs]
-        index = VectorStoreIndex.from_documents(li_docs, storage_context=StorageContext.from_defaults(vector_store=store),
-                                                embed_model=self.embed)
-        self.nodes = int(flat.ntotal)
+        index = self.vector_index(docs)
         bm25 = BM25Retriever.from_defaults(nodes=list(index.docstore.docs.values()), similarity_top_k=TOP_K)
         self.retriever = QueryFusionRetriever([index.as_retriever(similarity_top_k=TOP_K), bm25],
                                               similarity_top_k=TOP_K, num_queries=1, mode="reciprocal_rerank",
