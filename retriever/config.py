@@ -105,7 +105,7 @@ class RetrievalConfig:
     rrf_k: int = field(default=60, metadata=_rule(min=1, max=10_000))
     # the dense arm's weight: in convex, its share; in rrf, a factor on its 1/(rrf_k + rank) (lexical's is 1 - weight)
     weight: float = field(default=0.5, metadata=_rule(min=0.0, max=1.0))
-    # documents each arm retrieves before fusion (0 = the rerank window, max(k, [rerank] candidates))
+    # documents each arm retrieves before fusion, reranked or not (0 = [rerank] candidates; at least k)
     candidates: int = field(default=0, metadata=_rule(min=0, max=10_000))
 
 

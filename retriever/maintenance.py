@@ -197,9 +197,9 @@ def rebuild(gen, index: dict | None) -> int:
     """Rebuild FAISS and the lexical arm from DuckDB with the [index] settings changed by `index`; then save."""
     config = gen.config.replace(index=index) if index else gen.config
     with gen.write_lock:
-        gen.rebuild_lexical()
         n = gen.store.count()
-        plan = plan_index(config.index, gen.index.dim, n, strict=True)
+        plan = plan_index(config.index, gen.index.dim, n, strict=True)  # bad settings fail before any work
+        gen.rebuild_lexical()
         old = gen.manifest.index
         built, trained = build_index(gen.store, gen.index.dim, config.index, plan)
         same = old.get("kind") == plan.kind and old.get("params") == plan.params

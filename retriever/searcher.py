@@ -116,7 +116,9 @@ class Searcher:
         documents = trace.results == "documents"
         do_rerank = bool(rerank) and rcfg.enabled and queries is not None
         window = max(k, rcfg.candidates) if do_rerank else k
-        depth = max(window, cfg.candidates) if documents and cfg.candidates else window
+        # documents mode: each arm retrieves the same depth whether or not the call reranks, so the fused order
+        # of search(k) is a prefix of the order the reranker gets (and of a timed-out rerank's fallback)
+        depth = max(k, cfg.candidates or rcfg.candidates) if documents else window
         arms = {"dense": trace.mode != "lexical" or record, "lexical": trace.mode != "dense" or record}
         if queries is None:
             arms["lexical"] = False
@@ -169,101 +171,104 @@ class Searcher:
                   arms: dict[str, bool], documents: bool, trace: SearchTrace
                   ) -> list[tuple[dict[str, Candidate], dict[str, list[str]], dict[int, Row]]]:
         """Per query: the candidates (key -> Candidate), each arm's order of keys, and the fetched rows; all on
-        one state of the generation (a write lands before or after)."""
+        one state of the generation (a write lands before or after). Both arms search first, then one DuckDB
+        fetch brings the rows of every chunk either found; documents mode widens an arm (4x deeper) only when it
+        came back full with fewer than `depth` distinct documents."""
         gen = self._gen
         nq = len(q) if q is not None else len(queries)
-        out = [({}, {}, {}) for _ in range(nq)]
+        n = depth * self._chunks_per_document() if documents else depth
+        found: dict[str, list[Chunks]] = {}
+        rows: list[dict[int, Row]] = [{} for _ in range(nq)]
         with gen.rw.read():
             gen.check_open()
             t0 = time.perf_counter()
             allowed = None if where is None else gen.store.filter_vids(*where)
-            filter_ms = (time.perf_counter() - t0) * 1000
             if arms["dense"]:
-                t0 = time.perf_counter()
-                join0 = trace.join_ms
-                dense = self._dense(q, depth, allowed, documents, [o[2] for o in out], trace)
-                trace.search_ms += (time.perf_counter() - t0) * 1000 - (trace.join_ms - join0) + filter_ms
-                for (cands, orders, rows), chunks in zip(out, dense):
-                    orders["dense"] = collapse("dense", chunks, _keys(rows, documents), cands)
-                if trace.candidates is None and trace.query_vectors is not None:
-                    trace.candidates = [[(rows[v].id, document_id(rows[v].id, rows[v].metadata), s)
-                                         for v, s in chunks if v in rows] for (_, _, rows), chunks in zip(out, dense)]
+                scores, vids = self._candidates.search(q, n, allowed)
+                found["dense"] = [[(int(v), float(s)) for s, v in zip(sr, vr) if v >= 0]
+                                  for sr, vr in zip(scores, vids)]
+            t1 = time.perf_counter()
+            trace.search_ms += (t1 - t0) * 1000
             if arms["lexical"]:
-                t0 = time.perf_counter()
-                join0 = trace.join_ms
-                lexical = self._lexical(queries, depth, allowed, documents, [o[2] for o in out], trace)
-                trace.lexical_ms += (time.perf_counter() - t0) * 1000 - (trace.join_ms - join0)
-                if not arms["dense"]:
-                    trace.search_ms += filter_ms
-                for (cands, orders, rows), chunks in zip(out, lexical):
-                    orders["lexical"] = collapse("lexical", chunks, _keys(rows, documents), cands)
-            if arms["dense"] and arms["lexical"] and q is not None:
-                t0 = time.perf_counter()
+                found["lexical"] = [self._lexical_chunks(query, n, allowed, trace) for query in queries]
+            t2 = time.perf_counter()
+            trace.lexical_ms += (t2 - t1) * 1000
+            wanted = sorted({v for lists in found.values() for chunks in lists for v, _ in chunks})
+            fetched = gen.store.fetch(wanted)
+            for i in range(nq):
+                rows[i] = fetched
+            trace.join_ms += (time.perf_counter() - t2) * 1000
+            if documents:
+                self._widen(q, queries, n, depth, allowed, found, rows, trace)
+            t3 = time.perf_counter()
+            out = []
+            for i in range(nq):
+                cands: dict[str, Candidate] = {}
+                keys = _keys(rows[i], documents)
+                orders = {arm: collapse(arm, lists[i], keys, cands) for arm, lists in found.items()}
+                out.append((cands, orders, rows[i]))
+            if "dense" in found and trace.query_vectors is not None:
+                trace.candidates = [[(rows[i][v].id, document_id(rows[i][v].id, rows[i][v].metadata), s)
+                                     for v, s in chunks if v in rows[i]] for i, chunks in enumerate(found["dense"])]
+            if len(found) == 2 and q is not None:
                 self._complete_cosines(q, out)
-                trace.join_ms += (time.perf_counter() - t0) * 1000
+            trace.join_ms += (time.perf_counter() - t3) * 1000
         return out
 
-    def _dense(self, q: np.ndarray, depth: int, allowed: np.ndarray | None, documents: bool,
-               rows: list[dict[int, Row]], trace: SearchTrace) -> list[Chunks]:
-        """Per query, chunks by cosine: `depth` of them, or in documents mode as many as it takes to hold `depth`
-        distinct documents (or every match), widening the search while it comes back full."""
-        n = depth if not documents else depth * self._chunks_per_document()
-        scores, vids = self._candidates.search(q, n, allowed)
-        result = [[(int(v), float(s)) for s, v in zip(sr, vr) if v >= 0] for sr, vr in zip(scores, vids)]
-        for i in range(len(q)):
-            while True:
-                self._fetch(rows[i], [v for v, _ in result[i]], trace)
-                full = len(result[i]) >= n
-                if not documents or not full or _distinct(result[i], rows[i]) >= depth:
-                    break
-                n *= 4
-                s, v = self._candidates.search(q[i:i + 1], n, allowed)
-                result[i] = [(int(x), float(y)) for y, x in zip(s[0], v[0]) if x >= 0]
-            n = depth if not documents else depth * self._chunks_per_document()
-        return result
+    def _widen(self, q, queries, n: int, depth: int, allowed, found: dict[str, list[Chunks]],
+               rows: list[dict[int, Row]], trace: SearchTrace) -> None:
+        """Documents mode: an arm that came back full but with fewer than `depth` distinct documents (a long
+        document's chunks crowd its list) is asked again, 4x deeper, until it holds `depth` or every match."""
+        for arm, lists in found.items():
+            for i, chunks in enumerate(lists):
+                width = n
+                while len(chunks) >= width and _distinct(chunks, rows[i]) < depth:
+                    width *= 4
+                    t0 = time.perf_counter()
+                    if arm == "dense":
+                        s, v = self._candidates.search(q[i:i + 1], width, allowed)
+                        chunks = [(int(x), float(y)) for y, x in zip(s[0], v[0]) if x >= 0]
+                        trace.search_ms += (time.perf_counter() - t0) * 1000
+                    else:
+                        chunks = self._lexical_chunks(queries[i], width, allowed, trace)
+                        trace.lexical_ms += (time.perf_counter() - t0) * 1000
+                    missing = [x for x, _ in chunks if x not in rows[i]]
+                    if missing:
+                        t0 = time.perf_counter()
+                        rows[i] = {**rows[i], **self._gen.store.fetch(missing)}
+                        trace.join_ms += (time.perf_counter() - t0) * 1000
+                lists[i] = chunks
 
-    def _lexical(self, queries: list[str], depth: int, allowed: np.ndarray | None, documents: bool,
-                 rows: list[dict[int, Row]], trace: SearchTrace) -> list[Chunks]:
-        """Per query, chunks by BM25, widened like the dense arm; a query of only stop words finds nothing, and
-        the trace's notes say so."""
+    def _lexical_chunks(self, query: str, n: int, allowed: np.ndarray | None, trace: SearchTrace) -> Chunks:
+        """Chunks by BM25; a query of only stop words finds nothing, and the trace's notes say so."""
         lexical = self._gen.lexical
-        out = []
-        for i, query in enumerate(queries):
-            if not lexical.terms(query):
-                note = (f"the lexical query {query[:80]!r} has only stop words or punctuation; "
-                        + ("no lexical results" if trace.mode == "lexical" else "these are the dense results"))
-                if trace.mode != "dense" and note not in trace.notes:
-                    trace.notes.append(note)
-                out.append([])
-                continue
-            n = depth if not documents else depth * self._chunks_per_document()
-            while True:
-                s, v = lexical.search(query, n, allowed)
-                chunks = [(int(x), float(y)) for y, x in zip(s, v)]
-                self._fetch(rows[i], [x for x, _ in chunks], trace)
-                if not documents or len(chunks) < n or _distinct(chunks, rows[i]) >= depth:
-                    break
-                n *= 4
-            out.append(chunks)
-        return out
-
-    def _fetch(self, rows: dict[int, Row], vids: list[int], trace: SearchTrace) -> None:
-        missing = [v for v in vids if v not in rows]
-        if missing:
-            t0 = time.perf_counter()
-            rows.update(self._gen.store.fetch(missing))
-            trace.join_ms += (time.perf_counter() - t0) * 1000
+        if not lexical.terms(query):
+            note = (f"the lexical query {query[:80]!r} has only stop words or punctuation; "
+                    + ("no lexical results" if trace.mode == "lexical" else "these are the dense results"))
+            if trace.mode != "dense" and note not in trace.notes:
+                trace.notes.append(note)
+            return []
+        s, v = lexical.search(query, n, allowed)
+        return [(int(x), float(y)) for y, x in zip(s, v)]
 
     def _complete_cosines(self, q: np.ndarray, out) -> None:
-        """The exact cosine of every passage only the lexical arm found (its vector is in DuckDB), so every
-        hybrid hit has a `retrieval_score`."""
+        """The exact cosine of every passage only the lexical arm found, so every hybrid hit has a
+        `retrieval_score`: from the FAISS index in RAM (exact vectors), or DuckDB's vectors for PQ codes."""
+        index = self._gen.index
         for i, (cands, _, _) in enumerate(out):
             todo = [p for c in cands.values() for p in c.passages.values() if p.cosine is None]
-            if todo:
-                vids, vecs = self._gen.store.vectors(sorted({p.vid for p in todo}))
+            if not todo:
+                continue
+            want = sorted({p.vid for p in todo})
+            try:
+                if index.lossy:
+                    raise LookupError("PQ codes are approximate")
+                cos = {v: float(index.reconstruct(v) @ q[i]) for v in want}
+            except (LookupError, RuntimeError):  # faiss raises RuntimeError for an id it does not hold
+                vids, vecs = self._gen.store.vectors(want)
                 cos = dict(zip(vids.tolist(), (vecs @ q[i]).tolist()))
-                for p in todo:
-                    p.cosine = cos.get(p.vid)
+            for p in todo:
+                p.cosine = cos.get(p.vid)
 
     def _chunks_per_document(self) -> int:
         """How many chunks to ask for per document wanted, from the counts at the last save (at least 1)."""

@@ -74,7 +74,7 @@ def test_bad_vectors_are_refused_with_a_clear_error(bad, words):
 def test_retrieval_score_is_the_cosine_of_the_real_embeddings(corpus_index):
     r = corpus_index
     query = "Why did the server crash?"
-    hits = r.search(query, k=10, rerank=False)
+    hits = r.search(query, k=10, rerank=False, mode="dense")  # the dense arm: its score is the cosine
     assert len(hits) == 10
     q = r.embedder.encode_queries([query])[0]
     assert q.dtype == np.float32 and abs(np.linalg.norm(q) - 1) < 1e-5
@@ -103,7 +103,7 @@ def test_search_agrees_with_numpy_over_the_stored_vectors(corpus_index):
     for query in ["vaccine effectiveness", "how to reset my password", "quarterly revenue"]:
         q = r.embedder.encode([query])[0]
         sims = mat @ q
-        hits = r.search(query, k=5, rerank=False)
+        hits = r.search(query, k=5, rerank=False, mode="dense")
         kth = np.sort(sims)[-5]
         for h in hits:
             vid = next(v for v in vids if rows[int(v)].id == h.passages[0].id)

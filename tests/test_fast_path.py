@@ -362,7 +362,8 @@ def test_rerank_budget_still_applies_on_the_onnx_path(make_index):
     hits, trace = r.search_traced([FRANCE], k=5, rerank_budget_ms=0.001)
     assert trace["rerank_timed_out"] is True and trace["reranked"] is False
     assert [h.id for h in hits[0]] == [h.id for h in plain]
-    assert all(h.rerank_score is None and h.score == h.retrieval_score for h in hits[0])
+    assert all(h.rerank_score is None for h in hits[0])
+    assert [h.score for h in hits[0]] == pytest.approx([h.score for h in plain])  # the retrieval order's scores
     assert len(r.searcher.score_cache) == entries  # nothing half-scored was cached
     hits, trace = r.search_traced([FRANCE], k=5)  # no budget: reranked as usual
     assert trace["reranked"] is True and trace["rerank_timed_out"] is False

@@ -106,7 +106,7 @@ def test_filtered_search_returns_min_k_matches_all_matching(corpus_index, thresh
             hits = r.search("a question about the report", k=k, filters={"domain": domain}, rerank=False)
             assert len(hits) == min(k, domains[domain])
             assert all(h.metadata["domain"] == domain for h in hits)
-            assert [h.retrieval_score for h in hits] == sorted((h.retrieval_score for h in hits), reverse=True)
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         # a filter no document matches gives no hits, not an error
         assert r.search("anything", k=5, filters={"domain": "no-such-domain"}, rerank=False) == []
     finally:

@@ -53,15 +53,21 @@ def test_search_returns_hits_with_both_scores_and_stage_timings(served):
                             "lexical_score", "passages", "found_by"}
     # documents mode: `score` fuses the cross-encoder's rank with the retrieval rank; both scores stay apart
     assert all(0 <= h["rerank_score"] <= 1 and -1 <= h["retrieval_score"] <= 1 for h in hits)
-    assert body["mode"] == "dense" and body["result_kind"] == "documents" and body["notes"] == []
+    assert body["mode"] == RetrieverConfig().retrieval.mode and body["result_kind"] == "documents" and body["notes"] == []
     assert all(h["passages"] and h["found_by"] for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(body["timings_ms"][s] > 0 for s in ("embed", "search", "join", "rerank", "total"))
 
-    plain = _search(served, "How effective is the vaccine?", k=5, rerank=False)
-    assert plain["reranked"] is False and plain["timings_ms"]["rerank"] == 0
+    plain = _search(served, "How effective is the vaccine?", k=5, rerank=False, mode="dense")
+    assert plain["reranked"] is False and plain["timings_ms"]["rerank"] == 0 and plain["mode"] == "dense"
     assert all(h["rerank_score"] is None and h["score"] == h["retrieval_score"] for h in plain["hits"])
     assert [h["score"] for h in plain["hits"]] == sorted((h["score"] for h in plain["hits"]), reverse=True)
+    # hybrid: `score` is the fused one; every hit keeps its cosine and says which arm found it
+    fused = _search(served, "How effective is the vaccine?", k=5, rerank=False, mode="hybrid")
+    assert fused["mode"] == "hybrid" and len(fused["hits"]) == 5
+    assert all(h["rerank_score"] is None and -1 <= h["retrieval_score"] <= 1 for h in fused["hits"])
+    assert all(set(h["found_by"]) <= {"dense", "lexical"} and h["found_by"] for h in fused["hits"])
+    assert [h["score"] for h in fused["hits"]] == sorted((h["score"] for h in fused["hits"]), reverse=True)
 
     medicine = _search(served, "How effective is the vaccine?", k=10, rerank=False, filters={"domain": "medicine"})
     assert len(medicine["hits"]) == 10 and {h["metadata"]["domain"] for h in medicine["hits"]} == {"medicine"}
