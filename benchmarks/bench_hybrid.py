@@ -122,7 +122,7 @@ def main() -> int:
     results: dict = {}
 
     path = synthetic_index(RESULTS / "indexes" / f"synthetic-{n_docs}", n_docs)
-    with Retriever.open(path, read_only=True) as r:
+    with Retriever.open(path, RetrieverConfig(), read_only=True) as r:
         r.search(texts[0], k=10, rerank=False)  # model load and the first lexical searcher, untimed
         log(f"{n_docs:,} documents: timing {len(texts)} queries x 3 modes, rerank off")
         big = summarize(time_modes(r, texts, rerank=False))
@@ -134,7 +134,7 @@ def main() -> int:
 
     docs, sub_q = labeled_set("fitz-gov-subset")
     sub_texts = [q.query for q in pick_evenly(distinct_texts(sub_q), nq)]
-    with Retriever.open(index_for("fitz-gov-subset", docs), read_only=True) as r:
+    with Retriever.open(index_for("fitz-gov-subset", docs), RetrieverConfig(), read_only=True) as r:
         r.search(sub_texts[0], k=10)
         small = summarize(time_modes(r, sub_texts, rerank=False))
         small["lexical_alone"] = lexical_alone(r, sub_texts)

@@ -439,10 +439,11 @@ def cmd_demo(args) -> int:
             hits = r.search(query, k=args.k)
             ms = (time.perf_counter() - t) * 1000
             print(f'query: "{query}"  ({ms:.0f} ms with rerank)')
+            width = max([12] + [len(h.id) for h in hits])
             for h in hits:
                 mark = " *" if h.id in relevant.get(query, ()) else ""
                 label = h.metadata.get("title") or " ".join(h.text.split())[:60]
-                print(f"  {h.rank:>2}. {h.id:<12} {_scores(h)} {label}{mark}")
+                print(f"  {h.rank:>2}. {h.id:<{width}} {_scores(h)} {label}{mark}")
             print()
     print(f"done in {time.perf_counter() - t0:.1f}s; * = labeled relevant in fitz-gov; dense+lexical = found by "
           f"both arms (FAISS cosine and BM25), fused, then reranked by the cross-encoder. "
