@@ -81,13 +81,14 @@ class RerankConfig:
     # milliseconds the cross-encoder may spend on one search (0 = no limit); past it the hits come back in
     # retrieval order and the trace / HTTP response says `rerank_timed_out`
     budget_ms: float = field(default=0.0, metadata=_rule(min=0, max=600_000))
-    # the final order of reranked documents: rrf fuses the cross-encoder's rank with the retrieval rank
-    # (1/(rrf_k + rerank rank) + retrieval_weight/(rrf_k + retrieval rank)), so a confident retrieval hit the
-    # cross-encoder misjudges is not pushed out of the top k; cross_encoder orders by its score alone. Chunks
-    # mode always orders by the cross-encoder alone (the pipeline before documents mode).
-    fusion: str = field(default="rrf", metadata=_rule(choices=("rrf", "cross_encoder")))
+    # the final order of reranked documents (benchmarks/fusion_curve.py chose blend at 35 over three labeled sets
+    # and the golden set): blend = the cross-encoder's log-odds + retrieval_weight * the retrieval score min-max
+    # normalized over the window, so a confident cross-encoder overturns the retrieval order and an unsure one
+    # leaves it; rrf = 1/(rrf_k + rerank rank) + retrieval_weight/(rrf_k + retrieval rank); cross_encoder = its
+    # score alone. Chunks mode always orders by the cross-encoder alone (the pipeline before documents mode).
+    fusion: str = field(default="blend", metadata=_rule(choices=("blend", "rrf", "cross_encoder")))
     rrf_k: int = field(default=60, metadata=_rule(min=1, max=10_000))
-    retrieval_weight: float = field(default=1.0, metadata=_rule(min=0.0, max=100.0))
+    retrieval_weight: float = field(default=35.0, metadata=_rule(min=0.0, max=100.0))
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,10 @@ class RetrievalConfig:
     mode: str = field(default="hybrid", metadata=_rule(choices=("dense", "lexical", "hybrid")))
     # how hybrid fuses the two ranked lists of documents: rrf (reciprocal rank, 1 / (rrf_k + rank)) or convex
     # (weight * dense + (1 - weight) * lexical, each score min-max normalized over the query's candidates)
-    fusion: str = field(default="rrf", metadata=_rule(choices=("rrf", "convex")))
+    fusion: str = field(default="convex", metadata=_rule(choices=("rrf", "convex")))
     rrf_k: int = field(default=60, metadata=_rule(min=1, max=10_000))
     # the dense arm's weight: in convex, its share; in rrf, a factor on its 1/(rrf_k + rank) (lexical's is 1 - weight)
-    weight: float = field(default=0.5, metadata=_rule(min=0.0, max=1.0))
+    weight: float = field(default=0.7, metadata=_rule(min=0.0, max=1.0))
     # documents each arm retrieves before fusion, reranked or not (0 = [rerank] candidates; at least k)
     candidates: int = field(default=0, metadata=_rule(min=0, max=10_000))
 

@@ -3,6 +3,7 @@ dense and lexical arms fused (reciprocal rank or a convex blend of normalized sc
 order fused with the retrieval order. Pure functions over small lists; the searcher feeds them."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 ARMS = ("dense", "lexical")
@@ -114,15 +115,34 @@ def fuse(lists: dict[str, list[str]], cands: dict[str, Candidate], how: str, *, 
                                        cands[k].ranks.get("lexical", far)))
 
 
-def rerank_order(rerank_scores: list[float], *, how: str, rrf_k: int = 60, retrieval_weight: float = 1.0
-                 ) -> list[tuple[int, float]]:
-    """(position in the retrieval order, final score) of reranked results, best first. `cross_encoder`: by the
-    cross-encoder's score (ties in retrieval order). `rrf`: 1/(rrf_k + rerank rank) + retrieval_weight/(rrf_k +
-    retrieval rank), so the retrieval ranking keeps a say and a confident first hit is not sunk by one misjudged
-    pair."""
-    by_ce = sorted(range(len(rerank_scores)), key=lambda i: (-rerank_scores[i], i))
+def rerank_order(rerank_scores: list[float], *, how: str, rrf_k: int = 60, retrieval_weight: float = 1.0,
+                 retrieval_scores: list[float] | None = None) -> list[tuple[int, float]]:
+    """(position in the retrieval order, final score) of reranked results, best first.
+
+    `cross_encoder`: by the cross-encoder's score (ties in retrieval order).
+    `rrf`: 1/(rrf_k + rerank rank) + retrieval_weight/(rrf_k + retrieval rank), so the retrieval ranking keeps a
+    say and a confident first hit is not sunk by one misjudged pair.
+    `blend`: the cross-encoder's log-odds (its probability is a calibrated relevance estimate: trained with
+    binary cross-entropy) plus retrieval_weight times the retrieval score min-max normalized over the window
+    (`retrieval_scores`, in retrieval order). A confident cross-encoder overturns the retrieval order; an unsure
+    one (scores near each other) leaves it."""
+    n = len(rerank_scores)
+    by_ce = sorted(range(n), key=lambda i: (-rerank_scores[i], i))
     if how == "cross_encoder":
         return [(i, float(rerank_scores[i])) for i in by_ce]
+    if how == "blend":
+        if retrieval_scores is None or len(retrieval_scores) != n:
+            raise ValueError("blend needs one retrieval score per reranked result")
+        lo, hi = min(retrieval_scores, default=0.0), max(retrieval_scores, default=0.0)
+        norm = [(s - lo) / (hi - lo) if hi > lo else 1.0 for s in retrieval_scores]
+        fused = [_logit(rerank_scores[i]) + retrieval_weight * norm[i] for i in range(n)]
+        return [(i, float(fused[i])) for i in sorted(range(n), key=lambda i: (-fused[i], i))]
     ce_rank = {i: r for r, i in enumerate(by_ce, 1)}
-    fused = {i: 1.0 / (rrf_k + ce_rank[i]) + retrieval_weight / (rrf_k + i + 1) for i in range(len(rerank_scores))}
-    return [(i, fused[i]) for i in sorted(fused, key=lambda i: (-fused[i], ce_rank[i]))]
+    fused = [1.0 / (rrf_k + ce_rank[i]) + retrieval_weight / (rrf_k + i + 1) for i in range(n)]
+    return [(i, float(fused[i])) for i in sorted(range(n), key=lambda i: (-fused[i], ce_rank[i]))]
+
+
+def _logit(p: float, eps: float = 1e-6) -> float:
+    """log(p / (1 - p)) of a probability, clipped to [eps, 1 - eps] (a saturated score stays finite)."""
+    p = min(max(float(p), eps), 1.0 - eps)
+    return math.log(p / (1.0 - p))

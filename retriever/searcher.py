@@ -162,7 +162,8 @@ class Searcher:
             top = order[:window]
             rs = scores[start:start + len(top)].tolist()
             start += len(top)
-            ranked = rerank_order(rs, how=how, rrf_k=rcfg.rrf_k, retrieval_weight=rcfg.retrieval_weight)
+            ranked = rerank_order(rs, how=how, rrf_k=rcfg.rrf_k, retrieval_weight=rcfg.retrieval_weight,
+                                  retrieval_scores=[cands[key].fused for key in top])
             finals.append([(cands[top[i]], final, rs[i]) for i, final in ranked[:k]])
         return [[_hit(c, rows, rank, final, ce, documents, trace.mode) for rank, (c, final, ce) in enumerate(f, 1)]
                 for f, rows in zip(finals, rows_all)]

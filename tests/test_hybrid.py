@@ -2,6 +2,8 @@
 real models, real FAISS, real tantivy and a real DuckDB file (the fusion arithmetic also on plain lists)."""
 from __future__ import annotations
 
+import math
+
 import json
 import subprocess
 import sys
@@ -56,6 +58,24 @@ def test_rerank_rrf_keeps_the_retrieval_order_in_the_vote():
     assert fused.index(0) < 5
     # with no weight on retrieval, rrf is the cross-encoder's order
     assert [i for i, _ in rerank_order(scores, how="rrf", retrieval_weight=0.0)] == ce
+
+
+def test_rerank_blend_lets_a_confident_cross_encoder_overturn_and_an_unsure_one_not():
+    fused = [1.0, 0.9, 0.8, 0.7]  # retrieval scores, in retrieval order
+    # confident: the last retrieval hit is relevant (p = .99), the others not (p = .01): it goes first
+    confident = [0.01, 0.01, 0.01, 0.99]
+    assert [i for i, _ in rerank_order(confident, how="blend", retrieval_weight=4.0, retrieval_scores=fused)][0] == 3
+    # unsure: every pair near .5, the cross-encoder's small preference does not beat the retrieval order
+    unsure = [0.49, 0.50, 0.51, 0.52]
+    assert [i for i, _ in rerank_order(unsure, how="blend", retrieval_weight=4.0, retrieval_scores=fused)] == [0, 1, 2, 3]
+    # weight 0: the cross-encoder's order; the final score is log-odds + weight * normalized retrieval score
+    ranked = rerank_order(confident, how="blend", retrieval_weight=0.0, retrieval_scores=fused)
+    assert ranked[0] == (3, pytest.approx(math.log(0.99 / 0.01)))
+    # saturated probabilities stay finite; equal retrieval scores leave the cross-encoder's order
+    ranked = rerank_order([1.0, 0.0, 0.5], how="blend", retrieval_weight=2.0, retrieval_scores=[0.3, 0.3, 0.3])
+    assert [i for i, _ in ranked] == [0, 2, 1] and all(math.isfinite(s) for _, s in ranked)
+    with pytest.raises(ValueError, match="one retrieval score per reranked result"):
+        rerank_order([0.5, 0.5], how="blend", retrieval_scores=[1.0])
 
 
 # ------------------------------------------------------------------------------------------------ real index

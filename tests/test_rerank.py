@@ -36,9 +36,9 @@ def test_cross_encoder_fixes_a_lexical_false_positive(france):
     # retrieval scores are the same cosines with or without rerank
     cos = {h.id: h.retrieval_score for h in plain}
     assert all(h.retrieval_score == pytest.approx(cos[h.id], abs=1e-6) for h in reranked)
-    # the default final order fuses the cross-encoder's rank with the retrieval rank: `score` is that fused
-    # score, the hits are in its order, and the cross-encoder's own score stays in `rerank_score`
-    assert france.config.rerank.fusion == "rrf"
+    # the default final order blends the cross-encoder's log-odds with the retrieval score: `score` is that
+    # blended score, the hits are in its order, and the cross-encoder's own score stays in `rerank_score`
+    assert france.config.rerank.fusion == "blend"
     assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
     assert all(h.score != h.rerank_score for h in reranked)
     assert reranked[-1].id == "banana" and reranked[-1].rerank_score < 0.01
