@@ -25,11 +25,22 @@ def france(tmp_path, model_cache):
 @pytest.mark.real
 def test_cross_encoder_fixes_a_lexical_false_positive(france):
     plain = france.search(QUERY, k=5, rerank=False)
-    reranked = france.search(QUERY, k=5)
-    # the bi-encoder is fooled by the document that repeats the question; the cross-encoder is not
+    # the cross-encoder's own order (fusion = "cross_encoder"): the bi-encoder and BM25 are fooled by the document
+    # that repeats the question; the cross-encoder is not
+    france.config = RetrieverConfig().replace(rerank={"fusion": "cross_encoder"})
+    by_ce = france.search(QUERY, k=5)
     assert plain[0].id == "echo"
-    assert reranked[0].id == "answer"
-    assert [h.id for h in plain] != [h.id for h in reranked]
+    assert by_ce[0].id == "answer"
+    assert [h.id for h in plain] != [h.id for h in by_ce]
+    # the default blend keeps the retrieval score in the sum: in five documents, min-max normalization makes
+    # echo's retrieval lead (1.0 against answer's) larger than the cross-encoder's log-odds gap at weight 35, so
+    # the order moves only where the cross-encoder is sure; with less weight on retrieval, answer goes first
+    france.config = RetrieverConfig()
+    reranked = france.search(QUERY, k=5)
+    assert reranked[0].id == "echo" and reranked[1].id == "answer"
+    france.config = RetrieverConfig().replace(rerank={"retrieval_weight": 2.0})
+    assert france.search(QUERY, k=5)[0].id == "answer"
+    france.config = RetrieverConfig()
     for h in reranked:
         assert 0.0 <= h.rerank_score <= 1.0
         assert -1.0 <= h.retrieval_score <= 1.0
@@ -39,6 +50,7 @@ def test_cross_encoder_fixes_a_lexical_false_positive(france):
     # the default final order blends the cross-encoder's log-odds with the retrieval score: `score` is that
     # blended score, the hits are in its order, and the cross-encoder's own score stays in `rerank_score`
     assert france.config.rerank.fusion == "blend"
+    assert {h.id: h.rerank_score for h in reranked} == pytest.approx({h.id: h.rerank_score for h in by_ce})
     assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
     assert all(h.score != h.rerank_score for h in reranked)
     assert reranked[-1].id == "banana" and reranked[-1].rerank_score < 0.01
@@ -55,7 +67,7 @@ def test_cross_encoder_fixes_a_lexical_false_positive(france):
 def test_only_the_configured_candidates_are_reranked(france):
     path = france.path
     france.close()
-    with Retriever.open(path, RetrieverConfig().replace(rerank={"candidates": 1})) as r:
+    with Retriever.open(path, RetrieverConfig().replace(rerank={"candidates": 1, "fusion": "cross_encoder"})) as r:
         # one candidate: the reranker cannot reach past the retrieval top-1 ("echo")
         assert [h.id for h in r.search(QUERY, k=1)] == ["echo"]
         # k above candidates: k are retrieved and reranked
