@@ -144,9 +144,10 @@ def test_twenty_concurrent_aretrieve_calls_match_sequential_ones_without_blockin
 
     results, ticks, elapsed_ms = asyncio.run(run())
     assert [[(n.node.node_id, n.score) for n in r] for r in results] == sequential
-    # the loop kept running while the 20 searches were in flight: a 1 ms ticker got a turn at least every 10 ms
-    # (a blocked loop gets one or two turns in all)
-    assert ticks >= max(5, elapsed_ms / 10), (ticks, elapsed_ms)
+    # the loop kept running while the 20 searches were in flight: a blocked loop gives the 1 ms ticker one or two
+    # turns in all (before and after the searches). A fixed floor, not a rate: on 2 busy cores the search threads
+    # hold the GIL for stretches, so a rate-based bound (one turn per 10 ms) failed in CI with 12 turns in 141 ms
+    assert ticks >= 5, (ticks, elapsed_ms)
 
 
 def test_cross_encoder_reranker_reorders_any_nodes_and_keeps_the_retrieval_score_aside(corpus_index):
