@@ -160,3 +160,11 @@ def _compile_op(path: str, op: str, value: Any, params: list, where: str) -> str
         return ("COALESCE(json_type(metadata, ?) = 'VARCHAR' AND "
                 "contains(json_extract_string(metadata, ?), ?), FALSE)")
     raise FilterError(f"{where}: unknown operator {op!r}; allowed: {', '.join(FIELD_OPERATORS)}")  # pragma: no cover
+
+
+def compile_where(filters: dict | None) -> tuple[str, list] | None:
+    """The filter compiled once per call (a malformed one fails before any model runs); None matches all."""
+    if filters is None:
+        return None
+    sql, params = compile_filter(filters)
+    return None if filters == {} else (sql, params)

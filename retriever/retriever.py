@@ -15,28 +15,22 @@ from typing import Any, Iterable, Sequence
 from . import maintenance, runtime
 from .candidates import CandidateSearch
 from .config import RetrieverConfig
-from .documents import Document, chunk_documents, document_id, validate_documents
+from .documents import Document, validate_documents
 from .embedding import Embedder
 from .errors import InputError
-from .filters import compile_filter
+from .filters import compile_where
 from .generation import Generation
 from .inputs import check_ids, check_k, check_mode, check_queries, check_query
 from .lexical import LexicalIndex
 from .manifest import Manifest
 from .models_in_use import ModelsInUse
+from .prepared import Prepared, prepare
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
 from .searcher import Searcher, SearchTrace
+from .sharding import is_sharded
 from .store import Store
 from .vector_index import VectorIndex
 from .vectors import as_unit_vectors
-
-
-def _where(filters: dict | None) -> tuple[str, list] | None:
-    """The filter compiled once per call (a malformed one fails before any model runs); None matches all."""
-    if filters is None:
-        return None
-    sql, params = compile_filter(filters)
-    return None if filters == {} else (sql, params)
 
 
 class Retriever:
@@ -50,8 +44,14 @@ class Retriever:
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: str | os.PathLike, config: RetrieverConfig | None = None) -> "Retriever":
-        """Make a new, empty index at `path` (which must not exist or be an empty directory)."""
+    def create(cls, path: str | os.PathLike, config: RetrieverConfig | None = None, *, shards: int | None = None):
+        """Make a new, empty index at `path` (which must not exist or be an empty directory). `shards=N` makes a
+        sharded index (N complete indexes, documents routed by a stable hash of their id; see `sharded`): a
+        `ShardedRetriever`, with the same methods."""
+        if shards is not None:
+            from .sharded import ShardedRetriever
+
+            return ShardedRetriever.create(path, config, shards)
         config = config or RetrieverConfig()
         if not isinstance(config, RetrieverConfig):
             raise InputError(f"config must be a RetrieverConfig, got {type(config).__name__}")
@@ -72,7 +72,12 @@ class Retriever:
 
         Read-only opens can run in many processes at once, beside one writer: a writer that finds readers on the
         current generation writes into a copy, and readers move to it on their next open (or server reload) after
-        the writer closes or calls :meth:`publish`."""
+        the writer closes or calls :meth:`publish`. A sharded directory (a `shards.json` at the top) opens as a
+        `ShardedRetriever`: the same methods, over every shard."""
+        if is_sharded(path):
+            from .sharded import ShardedRetriever
+
+            return ShardedRetriever.open(path, config, read_only=read_only, overrides=overrides)
         return cls(Generation.open(Path(path), config, overrides, read_only=read_only))
 
     def save(self) -> None:
@@ -97,6 +102,11 @@ class Retriever:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def models(self) -> ModelsInUse:
+        """The embedder and cross-encoder in use (shards of a sharded index share one)."""
+        return self._models
 
     def adopt_models(self, other: "Retriever") -> None:
         """Share `other`'s loaded embedder and cross-encoder when the settings match (a server's reload swaps
@@ -195,20 +205,21 @@ class Retriever:
         docs = validate_documents(documents)
         if not docs:
             return UpsertReport(0, 0, 0, 0, 0, 0.0)
-        embedder = self.checked_embedder()
-        limit, wanted = embedder.max_content_tokens(), self.config.chunking.max_tokens
-        max_tokens = min(wanted, limit) if wanted else limit
-        overlap = min(self.config.chunking.overlap, max_tokens // 2)
-        pieces = chunk_documents(docs, embedder.token_spans, max_tokens=max_tokens, overlap=overlap)
-        vectors = embedder.encode([p.text for p in pieces], show_progress_bar=show_progress)
-        parents = [document_id(p.id, p.metadata) for p in pieces]
-        rows = [(p.id, parent if parent != p.id else None, p.text, p.metadata) for p, parent in zip(pieces, parents)]
-        result = self._gen.upsert([d.id for d in docs], rows, vectors)
+        prepared = prepare(docs, self.checked_embedder(), self.config.chunking, show_progress=show_progress)
+        return self.write_prepared(prepared, t0=t0)
+
+    def write_prepared(self, prepared: Prepared, *, t0: float | None = None) -> UpsertReport:
+        """Write documents chunked and embedded by `prepared.prepare` (with this index's embedder) in one
+        transaction: the second half of `upsert`, for sharded indexes and distributed ingest."""
+        self._gen.check_writable()
+        t0 = time.perf_counter() if t0 is None else t0
+        if not prepared.keys:
+            return UpsertReport(0, 0, 0, 0, 0, 0.0)
+        result = self._gen.upsert(prepared.keys, prepared.rows, prepared.vectors)
         self.searcher.forget(result.removed_vids)
         replaced = len(result.replaced_keys)
-        chunked = len({row[1] for row in rows if row[1] is not None})
-        return UpsertReport(documents=len(docs), added=len(docs) - replaced, updated=replaced, vectors=len(pieces),
-                            chunked=chunked, seconds=time.perf_counter() - t0)
+        return UpsertReport(documents=len(prepared.keys), added=len(prepared.keys) - replaced, updated=replaced,
+                            vectors=len(prepared.rows), chunked=prepared.chunked, seconds=time.perf_counter() - t0)
 
     def delete(self, ids: Iterable[str]) -> DeleteReport:
         """Remove documents (and their chunks) by id; they stop appearing in results immediately."""
@@ -236,13 +247,13 @@ class Retriever:
         min(k, matches) hits. `mode` ("dense", "lexical", "hybrid") overrides `[retrieval] mode` for this call.
         `rerank=False` skips the cross-encoder (and never loads it)."""
         query, k, mode = check_query(query), check_k(k), check_mode(mode)
-        return self.searcher.search([query], k, _where(filters), rerank=rerank, mode=mode)[0][0]
+        return self.searcher.search([query], k, compile_where(filters), rerank=rerank, mode=mode)[0][0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
                      rerank: bool = True, *, mode: str | None = None) -> list[list[Hit]]:
         """`search` for several queries at once: one embedding batch, one FAISS call, one rerank batch."""
         queries, k, mode = check_queries(queries), check_k(k), check_mode(mode)
-        return self.searcher.search(queries, k, _where(filters), rerank=rerank, mode=mode)[0]
+        return self.searcher.search(queries, k, compile_where(filters), rerank=rerank, mode=mode)[0]
 
     def search_traced(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
                       rerank: bool = True, *, rerank_budget_ms: float | None = None, record: bool = True,
@@ -254,7 +265,7 @@ class Retriever:
         `rerank_budget_ms` overrides `[rerank] budget_ms` for this call (0 = no budget); `trace.notes` says
         when a query's lexical part was only stop words."""
         queries, k, mode = check_queries(queries), check_k(k), check_mode(mode)
-        return self.searcher.search(queries, k, _where(filters), rerank=rerank, budget_ms=rerank_budget_ms,
+        return self.searcher.search(queries, k, compile_where(filters), rerank=rerank, budget_ms=rerank_budget_ms,
                                     record=record, mode=mode)
 
     def search_by_vector(self, vector, k: int = 10, filters: dict | None = None) -> list[Hit]:
@@ -264,7 +275,7 @@ class Retriever:
         q = as_unit_vectors(vector, self._gen.index.dim, what="query vector")
         if len(q) != 1:
             raise InputError(f"search_by_vector takes one vector, got {len(q)}; use a loop or search_batch")
-        return self.searcher.search_vectors(None, q, k, _where(filters))[0]
+        return self.searcher.search_vectors(None, q, k, compile_where(filters))[0]
 
     # ---------------------------------------------------------------------------------------- maintenance
     def stats(self) -> dict[str, Any]:

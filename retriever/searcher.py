@@ -80,6 +80,11 @@ class Searcher:
         self.query_cache = LRUCache(cache_config.query_embeddings)
         self.score_cache = RerankScoreCache(cache_config.rerank_scores)
 
+    @property
+    def generation(self):
+        """The generation this searcher reads (its config, manifest and open state)."""
+        return self._gen
+
     # ------------------------------------------------------------------------------------------ pipeline
     def search(self, queries: list[str], k: int, where: tuple[str, list] | None, *, rerank: bool = True,
                budget_ms: float | None = None, record: bool = False, mode: str | None = None
@@ -122,7 +127,7 @@ class Searcher:
         arms = {"dense": trace.mode != "lexical" or record, "lexical": trace.mode != "dense" or record}
         if queries is None:
             arms["lexical"] = False
-        per_query = self._retrieve(queries, q, depth, where, arms, documents, trace)
+        per_query = self.retrieve(queries, q, depth, where, arms, documents, trace)
         fused_orders, cand_maps, rows_all = [], [], []
         t0 = time.perf_counter()
         if record:
@@ -168,10 +173,10 @@ class Searcher:
         return [[_hit(c, rows, rank, final, ce, documents, trace.mode) for rank, (c, final, ce) in enumerate(f, 1)]
                 for f, rows in zip(finals, rows_all)]
 
-    def _retrieve(self, queries: list[str] | None, q: np.ndarray | None, depth: int, where: tuple[str, list] | None,
-                  arms: dict[str, bool], documents: bool, trace: SearchTrace
-                  ) -> list[tuple[dict[str, Candidate], dict[str, list[str]], dict[int, Row]]]:
-        """Per query: the candidates (key -> Candidate), each arm's order of keys, and the fetched rows; all on
+    def retrieve(self, queries: list[str] | None, q: np.ndarray | None, depth: int, where: tuple[str, list] | None,
+                 arms: dict[str, bool], documents: bool, trace: SearchTrace
+                 ) -> list[tuple[dict[str, Candidate], dict[str, list[str]], dict[int, Row]]]:
+        """The retrieval stages, the seam a sharded index fans out at (`sharded.ShardedSearcher`). Per query: the candidates (key -> Candidate), each arm's order of keys, and the fetched rows; all on
         one state of the generation (a write lands before or after). Both arms search first, then one DuckDB
         fetch brings the rows of every chunk either found; documents mode widens an arm (4x deeper) only when it
         came back full with fewer than `depth` distinct documents."""

@@ -1,0 +1,409 @@
+"""`ShardedRetriever`: the `Retriever` surface over N shards, each a complete index (see `sharding` for the layout
+and the routing hash). `Retriever.open` returns one for a sharded directory, `Retriever.create(..., shards=N)`
+makes one.
+
+A query is embedded once, here; each shard runs the retrieval stages (filter, dense arm, lexical arm, fetch,
+chunks collapsed to documents) on the same vectors and depth, in parallel; their lists are merged per arm by score
+(unit vectors: cosines compare across shards) and the merged lists go through the same fusion and one rerank as
+an unsharded index. A flat sharded index therefore returns the ids and scores of the unsharded index of the same
+documents in dense mode. The lexical arm's BM25 uses each shard's own term statistics (as Elasticsearch's
+default query_then_fetch does), so lexical and hybrid scores differ slightly from an unsharded index's.
+
+Row ids (vids) are per shard; the merge relabels them ``vid * N + shard`` so rows, passages and the rerank-score
+cache never mix two shards' rows.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .config import RetrieverConfig
+from .documents import Document, validate_documents
+from .errors import InputError
+from .inputs import check_ids, check_k, check_mode, check_queries, check_query
+from .filters import compile_where
+from .models_in_use import ModelsInUse
+from .prepared import Prepared, prepare
+from .results import DeleteReport, Hit, UpsertReport, VerifyReport
+from .searcher import Searcher, SearchTrace
+from .sharding import check_shard_count, read_layout, shard_dir_name, shard_of, write_layout
+from .vectors import as_unit_vectors
+
+
+def relabel(result, shard: int, n: int):
+    """One shard's (candidates, orders, rows) with its vids made unique across shards: vid * n + shard."""
+    cands, orders, rows = result
+    new_rows = {v * n + shard: replace(r, vid=v * n + shard) for v, r in rows.items()}
+    for c in cands.values():
+        c.passages = {v * n + shard: replace(p, vid=v * n + shard) for v, p in c.passages.items()}
+    return cands, orders, new_rows
+
+
+def merge(results: list[tuple]) -> tuple:
+    """The shards' (candidates, orders, rows) of one query as one: each arm's documents by score, best first
+    (ties: the shard's own order, then the lower shard), ranks renumbered."""
+    cands, rows, orders = {}, {}, {}
+    for c, _, r in results:
+        cands.update(c)
+        rows.update(r)
+    for arm in ("dense", "lexical"):
+        entries = [(-c[key].scores[arm], pos, s, key) for s, (c, o, _) in enumerate(results)
+                   for pos, key in enumerate(o.get(arm, ()))]
+        if not any(arm in o for _, o, _ in results):
+            continue
+        entries.sort()
+        orders[arm] = [key for *_, key in entries]
+        for rank, key in enumerate(orders[arm]):
+            cands[key].ranks[arm] = rank
+    return cands, orders, rows
+
+
+class ShardedSearcher(Searcher):
+    """The query pipeline of `Searcher` with its retrieval stages fanned out to shard searchers."""
+
+    def __init__(self, shards: Sequence[Searcher], models: ModelsInUse, cache_config):
+        super().__init__(shards[0].generation, None, models, cache_config)
+        self.shards = list(shards)
+        self._pool = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shard")
+
+    def retrieve(self, queries, q, depth, where, arms, documents, trace):
+        n = len(self.shards)
+        traces = [SearchTrace(mode=trace.mode, results=trace.results, query_vectors=trace.query_vectors)
+                  for _ in range(n)]
+        futures = [self._pool.submit(s.retrieve, queries, q, depth, where, arms, documents, t)
+                   for s, t in zip(self.shards, traces)]
+        per_shard = [f.result() for f in futures]
+        t0 = time.perf_counter()
+        nq = len(per_shard[0])
+        out = [merge([relabel(per_shard[s][i], s, n) for s in range(n)]) for i in range(nq)]
+        for stage in ("search_ms", "lexical_ms", "join_ms"):  # the shards ran side by side: the slowest counts
+            setattr(trace, stage, getattr(trace, stage) + max(getattr(t, stage) for t in traces))
+        for t in traces:
+            trace.notes.extend(x for x in t.notes if x not in trace.notes)
+        if traces[0].candidates is not None:
+            trace.candidates = [sorted((c for t in traces for c in t.candidates[i]), key=lambda c: -c[2])
+                                for i in range(nq)]
+        trace.join_ms += (time.perf_counter() - t0) * 1000
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _sum_reports(cls, reports: list, **extra):
+    fields = cls.__dataclass_fields__
+    values = {f: sum(getattr(r, f) for r in reports) for f in fields if f not in extra}
+    return cls(**values, **extra)
+
+
+class ShardedStoreView:
+    """What readers of a whole index ask of its store (the evaluation harness), over every shard's store."""
+
+    def __init__(self, stores):
+        self._stores = stores
+
+    def document_ids(self) -> set[str]:
+        return set().union(*(s.document_ids() for s in self._stores))
+
+    def ids_and_vectors(self) -> tuple[list[str], np.ndarray]:
+        parts = [s.ids_and_vectors() for s in self._stores]
+        return [i for ids, _ in parts for i in ids], np.concatenate([v for _, v in parts])
+
+    def count_parents(self) -> int:
+        return sum(s.count_parents() for s in self._stores)
+
+    def get(self, doc_id: str):
+        for s in self._stores:
+            row = s.get(doc_id)
+            if row is not None:
+                return row
+        return None
+
+
+class ShardedRetriever:
+    """The `Retriever` surface over the shards of a sharded index directory."""
+
+    def __init__(self, root: Path, layout: dict[str, Any], shards: list):
+        self.root = root
+        self.layout = layout
+        self.shards = shards
+        first = shards[0]
+        for s in shards[1:]:  # one embedder and one cross-encoder for all, checked once
+            s.adopt_models(first)
+        self._models = first.models
+        self.searcher = ShardedSearcher([s.searcher for s in shards], self._models, first.config.cache)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: RetrieverConfig | None, shards: int) -> "ShardedRetriever":
+        from .retriever import Retriever
+
+        n = check_shard_count(shards)
+        root = Path(path)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise InputError(f"{root} already exists and is not empty; open it with Retriever.open, or pick a new path")
+        root.mkdir(parents=True, exist_ok=True)
+        opened = [Retriever.create(root / shard_dir_name(i), config) for i in range(n)]
+        layout = write_layout(root, n)  # last: a crash before it leaves no half-made index that opens
+        return cls(root, layout, opened)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, config: RetrieverConfig | None = None, *, read_only: bool = False,
+             overrides: dict[str, dict] | None = None) -> "ShardedRetriever":
+        from .retriever import Retriever
+
+        root = Path(path)
+        layout = read_layout(root)
+        opened = []
+        try:
+            for d in layout["dirs"]:
+                opened.append(Retriever.open(root / d, config, read_only=read_only, overrides=overrides))
+        except BaseException:
+            for r in opened:
+                r.close()
+            raise
+        return cls(root, layout, opened)
+
+    def save(self) -> None:
+        for s in self.shards:
+            s.save()
+
+    def close(self) -> None:
+        self.searcher.close()
+        errors = []
+        for s in self.shards:
+            try:
+                s.close()
+            except Exception as e:  # close every shard, then report the first failure
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def publish(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        per = [s.publish() for s in self.shards]
+        return {"shards": per, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def __enter__(self) -> "ShardedRetriever":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def adopt_models(self, other) -> None:
+        """Share `other`'s loaded models (a server's reload) where the settings match."""
+        source = other.shards[0] if isinstance(other, ShardedRetriever) else other
+        for s in self.shards:
+            s.adopt_models(source)
+        self._models = self.shards[0].models  # the same object, updated in place: the searcher sees it
+
+    # ------------------------------------------------------------------------------------- public faces
+    @property
+    def path(self) -> Path:
+        return self.root
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.shards)
+
+    def shard_for(self, doc_id: str) -> int:
+        """The shard an id is routed to."""
+        return shard_of(doc_id, len(self.shards))
+
+    @property
+    def config(self) -> RetrieverConfig:
+        return self.shards[0].config
+
+    @config.setter
+    def config(self, value: RetrieverConfig) -> None:
+        for s in self.shards:
+            s.config = value
+
+    @property
+    def read_only(self) -> bool:
+        return self.shards[0].read_only
+
+    @property
+    def recovered(self) -> str | None:
+        said = [f"{shard_dir_name(i)}: {s.recovered}" for i, s in enumerate(self.shards) if s.recovered]
+        return "; ".join(said) or None
+
+    @property
+    def generation(self) -> list[int]:
+        return [s.generation for s in self.shards]
+
+    @property
+    def manifest(self):
+        """The first shard's manifest (every shard has the same config and embedder)."""
+        return self.shards[0].manifest
+
+    @property
+    def stored_config(self) -> RetrieverConfig:
+        return self.shards[0].stored_config
+
+    @property
+    def store(self) -> ShardedStoreView:
+        return ShardedStoreView([s.store for s in self.shards])
+
+    @property
+    def vector_index(self):
+        """The first shard's FAISS index (every shard is built by the same rule; `stats()` lists each)."""
+        return self.shards[0].vector_index
+
+    @property
+    def embedder(self):
+        return self._models.embedder
+
+    @property
+    def reranker(self):
+        return self._models.reranker
+
+    @property
+    def fallbacks(self) -> int:
+        return sum(s.fallbacks for s in self.shards)
+
+    def checked_embedder(self):
+        return self._models.checked_embedder(self.shards[0].searcher.generation)
+
+    def clear_caches(self) -> None:
+        self.searcher.clear_caches()
+        for s in self.shards:
+            s.clear_caches()
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        return self.searcher.cache_stats()
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    def __repr__(self) -> str:
+        return (f"ShardedRetriever({str(self.root)!r}, shards={len(self.shards)}, documents={len(self)}, "
+                f"model={self.config.embedding.model!r})")
+
+    # --------------------------------------------------------------------------------------------- writes
+    def _route(self, ids: Iterable[str]) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for i, doc_id in enumerate(ids):
+            groups.setdefault(self.shard_for(doc_id), []).append(i)
+        return groups
+
+    def upsert(self, documents: Iterable[Document], *, show_progress: bool = False) -> UpsertReport:
+        """Add or replace documents, each on the shard its id hashes to. Every record is validated and the batch
+        embedded once (the vectors an unsharded upsert of the batch would store) before any shard is written;
+        each shard's part lands in one transaction of that shard (a crash between two shards leaves the earlier
+        ones written: upserting the same batch again is idempotent)."""
+        self.shards[0].searcher.generation.check_writable()
+        t0 = time.perf_counter()
+        docs = validate_documents(documents)
+        if not docs:
+            return UpsertReport(0, 0, 0, 0, 0, 0.0)
+        prepared = prepare(docs, self.checked_embedder(), self.config.chunking, show_progress=show_progress)
+        return self.write_prepared(prepared, t0=t0)
+
+    def write_prepared(self, prepared: Prepared, *, t0: float | None = None) -> UpsertReport:
+        """Write a prepared batch, each shard's share in that shard's transaction."""
+        t0 = time.perf_counter() if t0 is None else t0
+        groups = self._route(prepared.parents)
+        reports = [self.shards[s].write_prepared(prepared.select({prepared.parents[i] for i in idx}))
+                   for s, idx in sorted(groups.items())]
+        if not reports:
+            return UpsertReport(0, 0, 0, 0, 0, 0.0)
+        return _sum_reports(UpsertReport, reports, seconds=time.perf_counter() - t0)
+
+    def delete(self, ids: Iterable[str]) -> DeleteReport:
+        self.shards[0].searcher.generation.check_writable()
+        ids = check_ids(ids)
+        reports = [self.shards[s].delete([ids[i] for i in idx]) for s, idx in sorted(self._route(ids).items())]
+        missing = {m for r in reports for m in r.missing}
+        if missing:  # a record whose metadata names another parent lives on its parent's shard: ask the rest
+            others = [s.delete(sorted(missing)) for s in self.shards]
+            reports += others
+            missing -= {m for r in others for m in sorted(missing) if m not in r.missing}
+        return DeleteReport(deleted=sum(r.deleted for r in reports),
+                            missing=tuple(i for i in dict.fromkeys(ids) if i in missing),
+                            vectors=sum(r.vectors for r in reports))
+
+    # ---------------------------------------------------------------------------------------------- reads
+    def get(self, id: str) -> Document | None:
+        if not isinstance(id, str):
+            raise InputError(f"id = {id!r} is a {type(id).__name__}; ids are strings")
+        # a chunk id ("{parent}#chunk-{i}") lives with its parent
+        return self.shards[self.shard_for(id.split("#chunk-")[0])].get(id)
+
+    def search(self, query: str, k: int = 10, filters: dict | None = None, rerank: bool = True, *,
+               mode: str | None = None) -> list[Hit]:
+        query, k, mode = check_query(query), check_k(k), check_mode(mode)
+        return self.searcher.search([query], k, compile_where(filters), rerank=rerank, mode=mode)[0][0]
+
+    def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
+                     rerank: bool = True, *, mode: str | None = None) -> list[list[Hit]]:
+        queries, k, mode = check_queries(queries), check_k(k), check_mode(mode)
+        return self.searcher.search(queries, k, compile_where(filters), rerank=rerank, mode=mode)[0]
+
+    def search_traced(self, queries: Sequence[str], k: int = 10, filters: dict | None = None,
+                      rerank: bool = True, *, rerank_budget_ms: float | None = None, record: bool = True,
+                      mode: str | None = None) -> tuple[list[list[Hit]], SearchTrace]:
+        queries, k, mode = check_queries(queries), check_k(k), check_mode(mode)
+        return self.searcher.search(queries, k, compile_where(filters), rerank=rerank,
+                                    budget_ms=rerank_budget_ms, record=record, mode=mode)
+
+    def search_by_vector(self, vector, k: int = 10, filters: dict | None = None) -> list[Hit]:
+        k = check_k(k)
+        q = as_unit_vectors(vector, self.shards[0].vector_index.dim, what="query vector")
+        if len(q) != 1:
+            raise InputError(f"search_by_vector takes one vector, got {len(q)}; use a loop or search_batch")
+        return self.searcher.search_vectors(None, q, k, compile_where(filters))[0]
+
+    # ---------------------------------------------------------------------------------------- maintenance
+    def stats(self) -> dict[str, Any]:
+        per = [s.stats() for s in self.shards]
+        first = per[0]
+        summed = {key: sum(p[key] for p in per) for key in ("documents", "vectors", "disk_bytes", "store_bytes",
+                                                             "snapshot_bytes")}
+        return {"path": str(self.root), "shards": len(self.shards), **summed, "dim": first["dim"],
+                "embedding_model": first["embedding_model"], "embedding_backend": self._models.embedder.backend,
+                "rerank_model": first["rerank_model"], "rerank_backend": self._models.reranker.backend,
+                "caches": self.cache_stats(), "index_kind": first["index_kind"], "index": self.index_status(),
+                "routing": self.layout["hash"], "unsaved_changes": any(p["unsaved_changes"] for p in per),
+                "read_only": first["read_only"], "recovered": self.recovered,
+                "shard_stats": [{"shard": d, **{key: p[key] for key in (
+                    "documents", "vectors", "index_kind", "generation", "disk_bytes", "unsaved_changes",
+                    "recovered")}, "lexical": p["lexical"]} for d, p in zip(self.layout["dirs"], per)]}
+
+    def index_status(self) -> dict[str, Any]:
+        per = [s.index_status() for s in self.shards]
+        warnings = [f"{shard_dir_name(i)}: {w}" for i, p in enumerate(per) for w in p["warnings"]]
+        return {**per[0], "warnings": warnings, "shards": len(per)}
+
+    def verify(self, *, check_model: bool = True) -> VerifyReport:
+        reports = [s.verify(check_model=check_model and i == 0) for i, s in enumerate(self.shards)]
+        problems = tuple(f"{shard_dir_name(i)}: {p}" for i, r in enumerate(reports) for p in r.problems)
+        warnings = tuple(f"{shard_dir_name(i)}: {w}" for i, r in enumerate(reports) for w in r.warnings)
+        layout_ok = all(self.shard_for(doc_id) == i for i, s in enumerate(self.shards)
+                        for doc_id in s.store.document_ids())
+        if not layout_ok:
+            problems += ("documents are on a shard their id does not hash to; re-ingest them",)
+        checks = {"shards": len(self.shards), "routing": "ok" if layout_ok else "wrong shard",
+                  **{shard_dir_name(i): ("ok" if r.ok else "problems") for i, r in enumerate(reports)}}
+        return VerifyReport(ok=not problems, problems=problems, checks=checks, warnings=warnings)
+
+    def tune(self, target_recall: float = 0.95, k: int = 10, **kw):
+        return [s.tune(target_recall, k, **kw) for s in self.shards]
+
+    def rebuild(self, index: dict | None = None) -> int:
+        return sum(s.rebuild(index) for s in self.shards)
+
+    def reembed(self, model: str, **kw) -> dict[str, Any]:
+        per = [s.reembed(model, **kw) for s in self.shards]
+        for s in self.shards[1:]:
+            s.adopt_models(self.shards[0])
+        self._models = self.shards[0].models
+        self.searcher.close()
+        self.searcher = ShardedSearcher([s.searcher for s in self.shards], self._models, self.config.cache)
+        return {"model": model, "shards": per}
