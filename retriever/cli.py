@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--text-field", help="field holding the text (default [ingest] text_field)")
     s.add_argument("--metadata-fields", help="comma-separated fields kept as metadata (default: all others)")
     s.add_argument("--dedupe", action="store_true", help="keep the first row of a repeated id instead of failing")
+    s.add_argument("--shards", type=int, metavar="N", help="create the index with N shards (documents routed by id)")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="embed in this process (default) or on a Ray cluster (pip install 'rag-retriever[distributed]')")
+    s.add_argument("--address", metavar="ADDR", help="Ray cluster to join (default: start a local one)")
+    s.add_argument("--workers", type=int, default=1, metavar="W", help="embedding actors on Ray (default 1)")
 
     s = sub.add_parser("search", help="search an index")
     s.add_argument("index", metavar="DIR")
@@ -130,37 +135,25 @@ def _bad(msg: str) -> int:
 def cmd_ingest(args) -> int:
     from tqdm import tqdm
 
-    from . import Retriever, RetrieverConfig
-    from .documents import load_records, records_to_documents, validate_documents
+    from . import RetrieverConfig
+    from .ingest import ingest
 
-    index = Path(args.index)
-    exists = (index / "manifest.json").is_file()
     config = RetrieverConfig.from_toml(args.config) if args.config else None
-    if exists:
-        r = Retriever.open(index, config)
-    else:
-        r = Retriever.create(index, config or RetrieverConfig())
-    with r:
-        ing = r.config.ingest
-        fields = args.metadata_fields.split(",") if args.metadata_fields else ing.metadata_fields
-        rows = load_records(args.data)
-        docs = records_to_documents(
-            rows, id_field=args.id_field or ing.id_field, text_field=args.text_field or ing.text_field,
-            metadata_fields=fields, prepend_fields=ing.prepend_fields, source=str(args.data), dedupe=args.dedupe,
-        )
-        validate_documents(docs)  # the whole file, before anything is embedded or written
-        t0, added, updated, vectors = time.perf_counter(), 0, 0, 0
-        step = ing.commit_every
-        with tqdm(total=len(docs), unit="doc", desc="ingest", file=sys.stderr) as bar:
-            for i in range(0, len(docs), step):
-                rep = r.upsert(docs[i:i + step])
-                added, updated, vectors = added + rep.added, updated + rep.updated, vectors + rep.vectors
-                bar.update(rep.documents)
-        r.save()
-        dt = time.perf_counter() - t0
-        print(f"ingested {len(docs)} documents into {index} ({added} new, {updated} replaced, {vectors} vectors) "
-              f"in {dt:.1f}s ({len(docs) / max(dt, 1e-9):.1f} docs/s)")
-        _warn(r.index_status()["warnings"])
+    fields = args.metadata_fields.split(",") if args.metadata_fields else None
+    ray_args = {"address": args.address, "workers": args.workers} if args.engine == "ray" else {}
+    if args.engine == "local" and (args.address or args.workers != 1):
+        return _bad("--address and --workers apply to --engine ray; drop them, or add --engine ray")
+    with tqdm(unit="batch", desc="ingest", file=sys.stderr) as bar:
+        rep = ingest(args.data, args.index, shards=args.shards, engine=args.engine, config=config,
+                     id_field=args.id_field, text_field=args.text_field, metadata_fields=fields, dedupe=args.dedupe,
+                     on_batch=lambda info: bar.update(1), **ray_args)
+    where = f"{args.index} ({rep.shards} shards)" if rep.shards else args.index
+    resumed = f"; {rep.resumed_batches} of {rep.batches} batches were committed by an earlier run" \
+        if rep.resumed_batches else ""
+    print(f"ingested {rep.documents} documents into {where} ({rep.added} new, {rep.updated} replaced, "
+          f"{rep.vectors} vectors) in {rep.seconds:.1f}s ({rep.docs_per_second:.1f} docs/s, engine {rep.engine})"
+          f"{resumed}")
+    _warn(rep.warnings)
     return 0
 
 

@@ -100,19 +100,8 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if fmt is None:
         raise InputError(f"data file {path}: unknown extension {path.suffix!r}; supported: {', '.join(sorted(_FORMATS))}")
     if fmt == "jsonl":
-        rows = []
         with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}:{lineno}: a line must be a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
+            return parse_jsonl(f, path)
     import duckdb
 
     reader = "read_csv_auto" if fmt == "csv" else "read_parquet"
@@ -123,6 +112,22 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
         return [dict(zip(columns, row)) for row in rel.fetchall()]
     except duckdb.Error as e:
         raise InputError(f"data file {path}: DuckDB cannot read it as {fmt} ({e}); check the file") from None
+
+
+def parse_jsonl(lines: Iterable[str], source: str | Path) -> list[dict[str, Any]]:
+    """The records of JSONL lines (blank lines skipped; lines numbered from 1 in errors)."""
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{source}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{source}:{lineno}: a line must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def records_to_documents(

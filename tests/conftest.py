@@ -82,3 +82,39 @@ def small_index(tmp_path, small_docs, model_cache) -> Retriever:
 def copy_index(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
     return dst
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real local Ray cluster for the whole session (`ray start --head` on 127.0.0.1, 2 CPUs, no dashboard),
+    with this process connected as a driver. Yields the cluster's address (for subprocesses: --address)."""
+    import subprocess
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"  # the cluster's default since Ray 2.59; a driver must say so (read at import)
+    import ray
+
+    ray_bin = Path(sys.executable).parent / "ray"
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                    address.split(":")[1], "--num-cpus", "2", "--include-dashboard", "false",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+    os.environ["RAY_ADDRESS"] = address  # subprocesses started by tests join this cluster
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        yield address
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
