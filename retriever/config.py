@@ -165,6 +165,9 @@ class ServerConfig:
     # a writing server saves the FAISS snapshot this often when something changed (DuckDB commits every write
     # at once; the snapshot only shortens the replay on the next open), and publishes it to read-only servers
     save_interval_s: float = field(default=10.0, metadata=_rule(min=0.1, max=86_400))
+    # `serve --engine ray`: how long the router waits for a shard's replicas before answering without that shard
+    # (the response then says "partial": true and names the shard in "missed_shards")
+    shard_timeout_ms: float = field(default=3000.0, metadata=_rule(min=10, max=600_000))
 
 
 _SECTIONS = {

@@ -25,5 +25,10 @@ class IndexMismatchError(RetrieverError):
     """The index on disk was built with a different embedding model or format."""
 
 
+class ShardUnavailable(RetrieverError):
+    """A shard of a sharded index served on Ray Serve has no replica answering (within `[server]
+    shard_timeout_ms`). The router answers from the other shards and marks the result partial."""
+
+
 class IndexCorruptError(RetrieverError):
     """The index on disk is damaged beyond automatic repair."""

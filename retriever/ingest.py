@@ -83,8 +83,9 @@ def ingest(data: str | os.PathLike, index: str | os.PathLike, *, shards: int | N
     try:
         if engine == "ray":
             from . import ray_ingest
+            from .ray_cluster import session
 
-            ray_session = ray_ingest.session(address)
+            ray_session = session(address)
             ray_session.__enter__()
             records = ray_ingest.read_records(data)
         else:

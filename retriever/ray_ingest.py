@@ -9,9 +9,7 @@ restarts a killed actor and retries its batch (`max_restarts=-1`, `max_task_retr
 from __future__ import annotations
 
 import json
-import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,47 +19,19 @@ from .config import RetrieverConfig
 from .documents import Document, parse_jsonl
 from .errors import InputError
 from .prepared import Prepared
-
-
-def _ray():
-    # Ray Data's usage collection polls a Prometheus server at localhost:9090 after every dataset; none runs here
-    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
-    try:
-        import ray
-    except ImportError:
-        raise InputError("engine 'ray' needs Ray: pip install 'rag-retriever[distributed]' "
-                         "(or use engine 'local', the default)") from None
-    return ray
-
-
-@contextmanager
-def session(address: str | None):
-    """Connect to the Ray cluster at `address` (or start a local one from this machine's cores) unless this
-    process is already connected; disconnect on exit only if this call connected."""
-    ray = _ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    quiet = {"logging_level": "ERROR", "log_to_driver": False}
-    logging.getLogger("ray").setLevel(logging.ERROR)  # Ray's start-up notes, not this job's output
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **quiet)
-    else:
-        ray.init(include_dashboard=False, **quiet)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+from .ray_cluster import ray_module as _ray
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every record of a .jsonl, .csv or .parquet file, in file order, read by Ray Data. JSONL lines are parsed
     by the same rules as in-process ingest (lines numbered in errors); CSV and Parquet rows come from Arrow."""
     ray = _ray()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # the CLI shows its own
+    ctx.print_on_execution_start = False
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson"):

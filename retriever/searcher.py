@@ -54,6 +54,7 @@ class SearchTrace:
     query_vectors: np.ndarray | None = None
     candidates: list[list[tuple[str, str, float]]] | None = None
     arms: dict[str, list[list[str]]] | None = None
+    missed_shards: list[int] = field(default_factory=list)  # shards that did not answer (Ray Serve): a partial result
 
     def stage_ms(self) -> dict[str, float]:
         return {s: getattr(self, f"{s}_ms") for s in STAGES}

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .config import RetrieverConfig
-from .documents import Document, validate_documents
-from .errors import InputError
+from .documents import CHUNK_SEPARATOR, Document, validate_documents
+from .errors import InputError, ShardUnavailable
 from .inputs import check_ids, check_k, check_mode, check_queries, check_query
 from .filters import compile_where
 from .models_in_use import ModelsInUse
@@ -78,16 +78,25 @@ class ShardedSearcher(Searcher):
                   for _ in range(n)]
         futures = [self._pool.submit(s.retrieve, queries, q, depth, where, arms, documents, t)
                    for s, t in zip(self.shards, traces)]
-        per_shard = [f.result() for f in futures]
+        nq = len(q) if q is not None else len(queries)
+        per_shard, missed = [], []
+        for s, f in enumerate(futures):
+            try:
+                per_shard.append(f.result())
+            except ShardUnavailable:  # only remote shards raise it; an in-process shard's failure propagates
+                missed.append(s)
+                per_shard.append([({}, {}, {}) for _ in range(nq)])
+        if len(missed) == n:
+            raise ShardUnavailable(f"no shard of {n} answered; the index is unavailable, retry shortly")
+        trace.missed_shards = missed
         t0 = time.perf_counter()
-        nq = len(per_shard[0])
         out = [merge([relabel(per_shard[s][i], s, n) for s in range(n)]) for i in range(nq)]
         for stage in ("search_ms", "lexical_ms", "join_ms"):  # the shards ran side by side: the slowest counts
             setattr(trace, stage, getattr(trace, stage) + max(getattr(t, stage) for t in traces))
         for t in traces:
             trace.notes.extend(x for x in t.notes if x not in trace.notes)
         if traces[0].candidates is not None:
-            trace.candidates = [sorted((c for t in traces for c in t.candidates[i]), key=lambda c: -c[2])
+            trace.candidates = [sorted((c for t in traces for c in (t.candidates or [[]] * nq)[i]), key=lambda c: -c[2])
                                 for i in range(nq)]
         trace.join_ms += (time.perf_counter() - t0) * 1000
         return out
@@ -235,7 +244,12 @@ class ShardedRetriever:
         return "; ".join(said) or None
 
     @property
-    def generation(self) -> list[int]:
+    def generation(self) -> int:
+        """The sum of the shards' generations: it grows whenever any shard publishes (see `generations`)."""
+        return sum(self.generations)
+
+    @property
+    def generations(self) -> list[int]:
         return [s.generation for s in self.shards]
 
     @property
@@ -334,7 +348,7 @@ class ShardedRetriever:
         if not isinstance(id, str):
             raise InputError(f"id = {id!r} is a {type(id).__name__}; ids are strings")
         # a chunk id ("{parent}#chunk-{i}") lives with its parent
-        return self.shards[self.shard_for(id.split("#chunk-")[0])].get(id)
+        return self.shards[self.shard_for(id.split(CHUNK_SEPARATOR)[0])].get(id)
 
     def search(self, query: str, k: int = 10, filters: dict | None = None, rerank: bool = True, *,
                mode: str | None = None) -> list[Hit]:
@@ -366,7 +380,8 @@ class ShardedRetriever:
         first = per[0]
         summed = {key: sum(p[key] for p in per) for key in ("documents", "vectors", "disk_bytes", "store_bytes",
                                                              "snapshot_bytes")}
-        return {"path": str(self.root), "shards": len(self.shards), **summed, "dim": first["dim"],
+        return {"path": str(self.root), "shards": len(self.shards), **summed, "generation": self.generation,
+                "generations": [p["generation"] for p in per], "dim": first["dim"],
                 "embedding_model": first["embedding_model"], "embedding_backend": self._models.embedder.backend,
                 "rerank_model": first["rerank_model"], "rerank_backend": self._models.reranker.backend,
                 "caches": self.cache_stats(), "index_kind": first["index_kind"], "index": self.index_status(),

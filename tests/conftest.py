@@ -11,6 +11,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the session's Ray cluster (`ray_cluster`) uses token auth, Ray's default for local clusters since 2.59; Ray reads
+# the mode when it is imported, so it is set before any test module imports ray
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,8 +102,6 @@ def ray_cluster(tmp_path_factory):
     with this process connected as a driver. Yields the cluster's address (for subprocesses: --address)."""
     import subprocess
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_AUTH_MODE"] = "token"  # the cluster's default since Ray 2.59; a driver must say so (read at import)
     import ray
 
     ray_bin = Path(sys.executable).parent / "ray"
@@ -118,3 +120,26 @@ def ray_cluster(tmp_path_factory):
         ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def write_jsonl(path: Path, docs) -> Path:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"id": d.id, "text": d.text, **d.metadata}, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fitz1000_sharded(ray_cluster, tmp_path_factory, model_cache):
+    """The demo corpus (fitz_gov_subset(1000)) ingested on Ray into 4 shards, in one batch of 1000 (so its vectors
+    are those of fitz1000_index's single upsert: int8 vectors depend on their batchmates). (path, report)."""
+    from retriever.ingest import ingest
+
+    docs, _ = fitz_gov_subset(1000)
+    root = tmp_path_factory.mktemp("fitz1000-sharded")
+    data = write_jsonl(root / "fitz1000.jsonl", docs)
+    config = RetrieverConfig().replace(ingest={"commit_every": 1000})
+    report = ingest(data, root / "index", shards=4, engine="ray", workers=1, config=config)
+    return root / "index", report

@@ -19,14 +19,9 @@ from retriever.datasets import fitz_gov_subset
 from retriever.ingest import PROGRESS, ingest
 from retriever.sharding import shard_of
 
+from conftest import write_jsonl
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_jsonl(path: Path, docs) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"id": d.id, "text": d.text, **d.metadata}, ensure_ascii=False) + "\n")
-    return path
 
 
 def small_batches(n: int) -> RetrieverConfig:
@@ -55,22 +50,13 @@ def assert_same_hits(a, b, query: str) -> None:
     assert all(abs(h.score - last) < 1e-6 for h in a if h.id not in {y.id for y in b}), query
 
 
-@pytest.fixture(scope="module")
-def fitz1000(tmp_path_factory):
+def test_ray_ingest_of_the_demo_corpus_into_4_shards_equals_the_unsharded_index(fitz1000_sharded, fitz1000_index):
+    path, rep = fitz1000_sharded
     docs, queries = fitz_gov_subset(1000)
-    return write_jsonl(tmp_path_factory.mktemp("data") / "fitz1000.jsonl", docs), docs, queries
-
-
-def test_ray_ingest_of_the_demo_corpus_into_4_shards_equals_the_unsharded_index(
-        ray_cluster, fitz1000, fitz1000_index, tmp_path):
-    data, docs, queries = fitz1000
-    # one batch of 1000: the vectors of fitz1000_index's single upsert (int8 vectors depend on their batchmates)
-    rep = ingest(data, tmp_path / "sharded", shards=4, engine="ray", workers=1, config=small_batches(1000))
     assert (rep.documents, rep.added, rep.shards, rep.engine, rep.embedded_batches) == (1000, 1000, 4, "ray", 1)
-    assert not (tmp_path / "sharded" / PROGRESS).exists()
-    assert_each_document_once(tmp_path / "sharded", docs, 4)
-    with Retriever.open(tmp_path / "sharded", read_only=True) as sharded, \
-            Retriever.open(fitz1000_index, read_only=True) as flat:
+    assert not (path / PROGRESS).exists()
+    assert_each_document_once(path, docs, 4)
+    with Retriever.open(path, read_only=True) as sharded, Retriever.open(fitz1000_index, read_only=True) as flat:
         for i, q in enumerate(queries):
             for rerank in (False, True) if i < 15 else (False,):
                 a = flat.search(q.query, k=10, mode="dense", rerank=rerank)

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import FilterError, InputError
+from ..errors import FilterError, InputError, ShardUnavailable
 from .service import Refused
 
 log = logging.getLogger("retriever.server")
@@ -71,6 +71,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Refused)
     async def _service_refused(request: Request, e: Refused):
         return await _api_error(request, _refused(e))
+
+    @app.exception_handler(ShardUnavailable)
+    async def _no_shard(request: Request, e: ShardUnavailable):
+        return error_response(request, 503, "unavailable", str(e), headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):

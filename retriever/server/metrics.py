@@ -24,6 +24,9 @@ class Metrics:
                                "queue = waiting for a search thread)", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.rerank_timeouts = Counter("retriever_rerank_timeouts_total",
                                        "Searches whose rerank budget ran out (answered in retrieval order)", registry=r)
+        self.partial = Counter("retriever_partial_results_total",
+                               "Searches answered without some shards (serve --engine ray: a shard had no replica)",
+                               registry=r)
         self.in_flight = Gauge("retriever_searches_in_flight", "Searches queued or running", registry=r)
         self.reloads = Counter("retriever_reloads_total", "Reloads by result (swapped, unchanged, failed)",
                                ["result"], registry=r)

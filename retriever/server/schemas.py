@@ -70,6 +70,9 @@ class SearchResponse(BaseModel):
     result_kind: Literal["documents", "chunks"] = Field(description="what a hit is: [retrieval] results")
     notes: list[str] = Field(default_factory=list, description="what to know, e.g. a lexical query of only stop words")
     generation: int
+    partial: bool = Field(False, description="true when some shards did not answer (serve --engine ray): the hits "
+                                             "come from the other shards")
+    missed_shards: list[int] = Field(default_factory=list, description="the shards that did not answer")
 
 
 class BatchItem(BaseModel):
@@ -85,6 +88,9 @@ class SearchBatchResponse(BaseModel):
     result_kind: Literal["documents", "chunks"] = Field(description="what a hit is: [retrieval] results")
     notes: list[str] = Field(default_factory=list, description="what to know, e.g. a lexical query of only stop words")
     generation: int
+    partial: bool = Field(False, description="true when some shards did not answer (serve --engine ray): the hits "
+                                             "come from the other shards")
+    missed_shards: list[int] = Field(default_factory=list, description="the shards that did not answer")
 
 
 class DocumentOut(BaseModel):

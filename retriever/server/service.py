@@ -148,8 +148,11 @@ class Service:
         self.metrics.stage.labels("queue").observe(waited_ms / 1000)
         if timed_out:
             self.metrics.rerank_timeouts.inc(queries)
+        if trace.missed_shards:
+            self.metrics.partial.inc(queries)
         return {"timings_ms": timings, "reranked": reranked, "rerank_timed_out": timed_out, "mode": trace.mode,
-                "result_kind": trace.results, "notes": list(trace.notes)}
+                "result_kind": trace.results, "notes": list(trace.notes), "partial": bool(trace.missed_shards),
+                "missed_shards": list(trace.missed_shards)}
 
     async def stats(self) -> dict[str, Any]:
         """The Retriever's stats, whether a newer generation awaits a reload, and this server's own facts."""
