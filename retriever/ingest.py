@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .config import RetrieverConfig
 from .documents import Document, load_records, records_to_documents, validate_documents
 from .errors import InputError
+from .models_in_use import check_weights
 from .prepared import Prepared, prepare
 
 ENGINES = ("local", "ray")
@@ -104,8 +105,9 @@ def ingest(data: str | os.PathLike, index: str | os.PathLike, *, shards: int | N
         done = _read_progress(root, job)
         pending = {b: batch for b, batch in enumerate(batches) if b not in done}
         if engine == "ray":
-            r.checked_embedder()  # the driver's copy of the model must match the index before actors start
-            stream = ray_ingest.embed(pending, r.config, workers)
+            stored = r.manifest.embedder
+            stream = ray_ingest.embed(pending, r.config, workers, lambda w: check_weights(
+                root, stored, w["name"], w["dim"], w["fingerprint"]))
         else:
             stream = _embed_here(pending, r)
         totals, embedded = [0, 0, 0], 0

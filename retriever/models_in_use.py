@@ -8,6 +8,17 @@ from .errors import IndexMismatchError
 from .rerank import Reranker
 
 
+def check_weights(root, stored: dict, name: str, dim: int, fingerprint: dict) -> None:
+    """Raise unless an embedder of dimension `dim` with `fingerprint` gives the vectors the index at `root` was
+    built with (`stored`: its manifest's embedder entry). Also run on fingerprints sent by Ray ingest actors."""
+    if dim != stored["dim"] or not Embedder.same_weights(fingerprint, stored["fingerprint"]):
+        raise IndexMismatchError(
+            f"the model {name!r} now gives different embeddings than when {root} was built (dimension {dim} vs "
+            f"{stored['dim']}, or other weights under the same name); restore the original model, or re-embed: "
+            f"`retriever reembed {root} --model {name}`"
+        )
+
+
 class ModelsInUse:
     def __init__(self, config: RetrieverConfig, embedder: Embedder | None = None):
         self.embedder = embedder or Embedder.from_config(config.embedding)
@@ -17,13 +28,8 @@ class ModelsInUse:
     def checked_embedder(self, generation) -> Embedder:
         """The embedder, checked once against the fingerprint `generation`'s index was built with."""
         if not self.checked:
-            stored, e = generation.manifest.embedder, self.embedder
-            if e.dim != stored["dim"] or not Embedder.same_weights(e.fingerprint(), stored["fingerprint"]):
-                raise IndexMismatchError(
-                    f"the model {e.name!r} now gives different embeddings than when {generation.root} was built "
-                    f"(dimension {e.dim} vs {stored['dim']}, or other weights under the same name); restore the "
-                    f"original model, or re-embed: `retriever reembed {generation.root} --model {e.name}`"
-                )
+            e = self.embedder
+            check_weights(generation.root, generation.manifest.embedder, e.name, e.dim, e.fingerprint())
             self.checked = True
         return self.embedder
 

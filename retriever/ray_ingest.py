@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -74,11 +74,14 @@ class BatchEmbedder:
         runtime.configure(torch_threads=threads, onnx_threads=threads)
         self.config = RetrieverConfig.from_dict(config, source="ingest job")
         self.embedder = Embedder.from_config(self.config.embedding)
+        # the driver checks these against the index before it writes this actor's first batch
+        self.weights = json.dumps({"name": self.embedder.name, "dim": self.embedder.dim,
+                                   "fingerprint": self.embedder.fingerprint()})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from .prepared import prepare
 
-        out: dict[str, list] = {k: [] for k in ("batch", "keys", "parents", "rows", "vectors", "pid")}
+        out: dict[str, list] = {k: [] for k in ("batch", "keys", "parents", "rows", "vectors", "pid", "weights")}
         for b, docs in zip(batch["batch"], batch["docs"]):
             p = prepare([Document(*d) for d in json.loads(docs)], self.embedder, self.config.chunking)
             out["batch"].append(int(b))
@@ -87,12 +90,15 @@ class BatchEmbedder:
             out["rows"].append(json.dumps(p.rows, ensure_ascii=False))
             out["vectors"].append(np.ascontiguousarray(p.vectors, dtype=np.float32).tobytes())
             out["pid"].append(os.getpid())
+            out["weights"].append(self.weights)
         return out
 
 
-def embed(pending: dict[int, list[Document]], config: RetrieverConfig,
-          workers: int) -> Iterator[tuple[int, Prepared, int]]:
-    """(batch number, prepared batch, embedding actor's pid) for every pending batch, as actors finish them."""
+def embed(pending: dict[int, list[Document]], config: RetrieverConfig, workers: int,
+          check_weights: Callable[[dict], None]) -> Iterator[tuple[int, Prepared, int]]:
+    """(batch number, prepared batch, embedding actor's pid) for every pending batch, as actors finish them.
+    `check_weights({"name", "dim", "fingerprint"})` runs on each actor's model before its first batch is yielded
+    (the driver loads no model)."""
     if not pending:
         return
     ray = _ray()
@@ -104,8 +110,11 @@ def embed(pending: dict[int, list[Document]], config: RetrieverConfig,
         BatchEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=per_actor,
         fn_constructor_kwargs={"config": config.to_dict(), "threads": max(1, int(per_actor))},
     )
-    dim = None
+    dim, checked = None, set()
     for row in ds.iter_rows():
+        if row["pid"] not in checked:
+            check_weights(json.loads(row["weights"]))
+            checked.add(row["pid"])
         rows = [tuple(r) for r in json.loads(row["rows"])]
         vectors = np.frombuffer(row["vectors"], dtype=np.float32)
         dim = dim or (vectors.size // len(rows) if rows else None)
