@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE",
                    help="TOML overriding search-time settings of the index, e.g. [server] and [rerank] budget_ms")
     s.add_argument("--workers", type=int, help="search threads (default [server] workers: one per core)")
+    s.add_argument("--allow-unauthenticated", action="store_true",
+                   help="start on a non-loopback --host without $RETRIEVER_API_TOKEN ([server] token_env): anyone on "
+                        "the network can then write; refused by default")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="serve in this process (default), or a sharded index on Ray Serve: one deployment per shard")
+    s.add_argument("--replicas", type=int, default=1, metavar="R", help="--engine ray: reader replicas per shard")
+    s.add_argument("--address", metavar="ADDR", help="--engine ray: the Ray cluster (default $RAY_ADDRESS or a local one)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
     s = sub.add_parser("demo", help="ingest the bundled fitz-gov subset and run a few queries")
@@ -391,8 +398,19 @@ def cmd_serve(args) -> int:
             raise ConfigError(f"--config {args.config}: every top-level key must be a [section]")
     if args.workers is not None:
         overlay.setdefault("server", {})["workers"] = args.workers
+    if args.engine == "ray":
+        if args.read_only:
+            return _bad("--read-only does not apply to --engine ray: readers are replicas of each shard (--replicas)")
+        from .ray_cluster import ray_module
+
+        ray_module()  # a clear error when Ray is not installed
+        from .ray_serve import serve_on_ray
+
+        serve_on_ray(args.index, host=args.host, port=args.port, replicas=args.replicas, overrides=overlay,
+                     address=args.address, allow_unauthenticated=args.allow_unauthenticated)
+        return 0
     serve(args.index, host=args.host, port=args.port, read_only=args.read_only, overrides=overlay,
-          log_level=args.log_level)
+          log_level=args.log_level, allow_unauthenticated=args.allow_unauthenticated)
     return 0
 
 

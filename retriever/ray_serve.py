@@ -358,14 +358,16 @@ def check_replicas(replicas: Any) -> int:
 
 
 def serve_on_ray(path: str | os.PathLike, *, host: str | None = None, port: int | None = None, replicas: int = 1,
-                 overrides: dict | None = None, address: str | None = None) -> None:
+                 overrides: dict | None = None, address: str | None = None,
+                 allow_unauthenticated: bool = False) -> None:
     """Deploy the sharded index at `path` on the Ray cluster at `address` (default: $RAY_ADDRESS, else a local
     one) and serve HTTP on host:port through Serve's proxy until SIGINT/SIGTERM; then the application is
     deleted (each writer saves and closes its shard)."""
     import signal
+    import sys
 
-    from .config import RetrieverConfig
     from .ray_cluster import session
+    from .server.exposure import check_exposure, server_settings
     from .sharding import is_sharded
 
     replicas = check_replicas(replicas)
@@ -374,13 +376,15 @@ def serve_on_ray(path: str | os.PathLike, *, host: str | None = None, port: int 
         raise InputError(f"{root} is not a sharded index; --engine ray serves shards (make one with `retriever "
                          f"ingest DATA --index DIR --shards N`), or serve it in-process without --engine ray")
     layout = read_layout(root)
-    stored = Manifest.read(root / layout["dirs"][0])
-    cfg = RetrieverConfig.from_dict(stored.config).server
+    cfg = server_settings(root, overrides)
     host = host or cfg.host
     port = cfg.port if port is None else port
     if not port:
         raise InputError("--port 0 cannot be used with --engine ray: Ray Serve's proxy needs a fixed port")
     token = os.environ.get(cfg.token_env) or None
+    warning = check_exposure(host, token, cfg.token_env, allow_unauthenticated)  # the same rule as in-process
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     stop = threading.Event()
     with session(address):
         for sig in (signal.SIGINT, signal.SIGTERM):  # after connecting: Ray's driver installs its own handlers

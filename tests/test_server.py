@@ -394,7 +394,7 @@ def test_bearer_token_guards_writes_and_admin_and_starvation_is_counted(tmp_path
         r.rebuild({"kind": "hnsw"})
     cfg = tmp_path / "serve.toml"
     cfg.write_text("[index]\nexact_filter_threshold = 0\n")  # filtered searches go through HNSW
-    s = Server(path, "--config", str(cfg), env={"RETRIEVER_API_TOKEN": "s3cret"}).start()
+    s = Server(path, "--config", str(cfg), env={"RETRIEVER_API_TOKEN": "s3cret-token-for-tests"}).start()
     try:
         doc = {"documents": [{"id": "rare-1", "text": "Zebra stripes confuse biting flies.", "metadata": {"t": "rare"}},
                              {"id": "rare-2", "text": "Zebras sleep standing up.", "metadata": {"t": "rare"}}]}
@@ -403,7 +403,7 @@ def test_bearer_token_guards_writes_and_admin_and_starvation_is_counted(tmp_path
         assert s.call("PUT", "/v1/documents", doc, headers={"Authorization": "Bearer wrong"})[0] == 401
         assert s.call("DELETE", "/v1/documents", {"ids": ["rare-1"]})[0] == 401
         assert s.call("POST", "/v1/admin/publish")[0] == 401
-        auth = {"Authorization": "Bearer s3cret"}
+        auth = {"Authorization": "Bearer s3cret-token-for-tests"}
         assert s.call("PUT", "/v1/documents", doc, headers=auth)[0] == 200
         assert s.call("POST", "/v1/admin/publish", headers=auth)[0] == 200
 

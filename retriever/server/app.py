@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from ..retriever import Retriever
 from .body_limit import BodyLimit
 from .errors import install_handlers, request_id
+from .exposure import check_exposure, server_settings
 from .routes import router
 from .service import Refused, Service
 
@@ -101,19 +103,26 @@ def build_asgi(retriever: Retriever, *, token: str | None = None, background: bo
 
 
 def serve(path: str | os.PathLike, *, host: str | None = None, port: int | None = None, read_only: bool = False,
-          overrides: dict | None = None, log_level: str = "info") -> None:
+          overrides: dict | None = None, log_level: str = "info", allow_unauthenticated: bool = False) -> None:
     """Open the index (failing fast with a clear error), then run uvicorn until SIGINT/SIGTERM; the index is saved
-    and closed on the way out. `overrides` change settings stored with the index, e.g. {"server": {"workers": 1}}."""
+    and closed on the way out. `overrides` change settings stored with the index, e.g. {"server": {"workers": 1}}.
+    Before anything is opened, `check_exposure` refuses a short token, and a non-loopback host without a token
+    unless `allow_unauthenticated` (then a warning goes to stderr)."""
     import uvicorn
 
+    settings = server_settings(path, overrides)
+    host = host or settings.host
+    token = os.environ.get(settings.token_env) or None
+    warning = check_exposure(host, token, settings.token_env, allow_unauthenticated)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     retriever = Retriever.open(path, read_only=read_only, overrides=overrides or None)
     cfg = retriever.config.server
-    token = os.environ.get(cfg.token_env) or None
     app = build_asgi(retriever, token=token, overrides=overrides or {})
     # uvicorn shuts down gracefully on SIGTERM (requests in flight finish, the lifespan saves and closes the index),
     # then raises the signal again; with this handler the process then exits 0 instead of dying by the signal
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
-    uvicorn.run(app, host=host or cfg.host, port=cfg.port if port is None else port, log_level=log_level,
+    uvicorn.run(app, host=host, port=cfg.port if port is None else port, log_level=log_level,
                 access_log=False, timeout_graceful_shutdown=30)
 
 
