@@ -58,14 +58,14 @@ def test_ray_ingest_of_the_demo_corpus_into_4_shards_equals_the_unsharded_index(
     assert_each_document_once(path, docs, 4)
     with Retriever.open(path, read_only=True) as sharded, Retriever.open(fitz1000_index, read_only=True) as flat:
         for i, q in enumerate(queries):
-            for rerank in (False, True) if i < 15 else (False,):
+            for rerank in (False, True) if i < 8 else (False,):
                 a = flat.search(q.query, k=10, mode="dense", rerank=rerank)
                 b = sharded.search(q.query, k=10, mode="dense", rerank=rerank)
                 assert_same_hits(a, b, q.query)
 
 
 def test_a_sigkilled_embedding_actor_is_restarted_and_no_document_is_lost_or_doubled(ray_cluster, fitz300, tmp_path):
-    docs = fitz300[0][:160]
+    docs = fitz300[0][:96]
     data = write_jsonl(tmp_path / "d.jsonl", docs)
     seen: list[int] = []
 
@@ -74,17 +74,17 @@ def test_a_sigkilled_embedding_actor_is_restarted_and_no_document_is_lost_or_dou
         if len(seen) == 1:
             os.kill(info["pid"], signal.SIGKILL)  # the actor that embedded batch 1, mid-job
 
-    rep = ingest(data, tmp_path / "idx", shards=4, engine="ray", workers=1, config=small_batches(20),
+    rep = ingest(data, tmp_path / "idx", shards=4, engine="ray", workers=1, config=small_batches(12),
                  on_batch=kill_first)
-    assert (rep.documents, rep.batches, rep.embedded_batches) == (160, 8, 8)
+    assert (rep.documents, rep.batches, rep.embedded_batches) == (96, 8, 8)
     assert any(pid != seen[0] for pid in seen[1:]), f"no restarted actor embedded a batch: {seen}"
     assert_each_document_once(tmp_path / "idx", docs, 4)
 
 
 def test_a_job_killed_midway_resumes_without_reembedding_committed_batches(ray_cluster, fitz300, tmp_path):
-    docs = fitz300[0][:200]
+    docs = fitz300[0][:120]
     data = write_jsonl(tmp_path / "d.jsonl", docs)
-    (tmp_path / "c.toml").write_text("[ingest]\ncommit_every = 20\n")
+    (tmp_path / "c.toml").write_text("[ingest]\ncommit_every = 12\n")
     index = tmp_path / "idx"
     proc = subprocess.Popen([sys.executable, "-m", "retriever.cli", "ingest", str(data), "--index", str(index),
                              "--shards", "4", "--engine", "ray", "--config", str(tmp_path / "c.toml")],
@@ -105,7 +105,7 @@ def test_a_job_killed_midway_resumes_without_reembedding_committed_batches(ray_c
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     committed = json.loads((index / PROGRESS).read_text())["committed"]
     assert 3 <= len(committed) < 10
-    rep = ingest(data, index, engine="ray")  # the same job: [ingest] commit_every is the index's stored 20
+    rep = ingest(data, index, engine="ray")  # the same job: [ingest] commit_every is the index's stored 12
     assert rep.resumed_batches == len(committed)
     assert rep.embedded_batches == 10 - len(committed)
     assert not (index / PROGRESS).exists()
