@@ -166,7 +166,8 @@ def _embed_here(pending: dict[int, list[Document]], r) -> Iterator[tuple[int, Pr
 
 def _job_digest(batches: list[list[Document]], step: int, config: RetrieverConfig) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([step, config.to_dict()["embedding"], config.to_dict()["chunking"]], sort_keys=True).encode())
+    settings = config.to_dict()
+    h.update(json.dumps([step, settings["embedding"], settings["chunking"]], sort_keys=True).encode())
     for batch in batches:
         for d in batch:
             h.update(json.dumps([d.id, d.text, d.metadata], sort_keys=True, ensure_ascii=False).encode())

@@ -110,14 +110,13 @@ def embed(pending: dict[int, list[Document]], config: RetrieverConfig, workers: 
         BatchEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=per_actor,
         fn_constructor_kwargs={"config": config.to_dict(), "threads": max(1, int(per_actor))},
     )
-    dim, checked = None, set()
+    checked = set()
     for row in ds.iter_rows():
         if row["pid"] not in checked:
             check_weights(json.loads(row["weights"]))
             checked.add(row["pid"])
         rows = [tuple(r) for r in json.loads(row["rows"])]
         vectors = np.frombuffer(row["vectors"], dtype=np.float32)
-        dim = dim or (vectors.size // len(rows) if rows else None)
-        vectors = vectors.reshape(len(rows), -1) if rows else vectors.reshape(0, dim or 1)
+        vectors = vectors.reshape(len(rows), -1)  # every document gives at least one chunk
         yield (int(row["batch"]), Prepared(json.loads(row["keys"]), json.loads(row["parents"]), rows, vectors),
                int(row["pid"]))

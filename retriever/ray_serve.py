@@ -93,9 +93,6 @@ class ShardReader:
     def pid(self) -> int:
         return os.getpid()
 
-    def check_health(self) -> None:
-        self.serving.current.generation  # noqa: B018 - raises once the index is closed
-
 
 class ShardWriter:
     """The one writer of a shard: each write is committed, then published, then acknowledged."""
