@@ -5,9 +5,12 @@
         r.upsert([Document(id="a", text="...", metadata={"lang": "en"})])
         hits = r.search("question", k=5, filters={"lang": "en"})
 """
+from .backup import BackupReport, restore_backup, verify_backup
 from .config import RetrieverConfig
 from .documents import Document
-from .errors import ConfigError, FilterError, IndexCorruptError, IndexMismatchError, InputError, RetrieverError
+from .errors import (
+    ConfigError, FilterError, IndexCorruptError, IndexMismatchError, InputError, RetrieverError, WriterBusy,
+)
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
 from .retriever import Retriever
 
@@ -19,11 +22,15 @@ __all__ = [
     "UpsertReport",
     "DeleteReport",
     "VerifyReport",
+    "BackupReport",
+    "verify_backup",
+    "restore_backup",
     "RetrieverError",
     "InputError",
     "ConfigError",
     "FilterError",
     "IndexMismatchError",
     "IndexCorruptError",
+    "WriterBusy",
 ]
 __version__ = "0.1.0"

@@ -32,3 +32,8 @@ class ShardUnavailable(RetrieverError):
 
 class IndexCorruptError(RetrieverError):
     """The index on disk is damaged beyond automatic repair."""
+
+
+class WriterBusy(RetrieverError):
+    """Another process holds the index's writer lock (a server, an ingest): writes, backups and restores of that
+    folder go through it, or wait until it stops."""

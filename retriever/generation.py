@@ -337,6 +337,21 @@ class Generation:
             remove_stale_generations(self.root, manifest)
         return published, manifest.generation
 
+    def copy_to(self, dest: Path) -> dict:
+        """A consistent one-generation copy of this index in `dest` (see `backup`): saved, DuckDB checkpointed and
+        the lexical arm's merges finished, then copied under `write_lock`, so it holds every write acknowledged
+        before the call. Writes wait for the copy; searches go on. Returns the files' checksums and the counts."""
+        from .backup import copy_generation_out
+
+        self.check_writable()
+        with self.write_lock:
+            self.save()
+            self.store.checkpoint()
+            self.lexical.close()  # waits for tantivy's merges; the next write makes a writer again
+            files = copy_generation_out(self.dir, self.manifest.unforked().to_dict(), Path(dest))
+            return {"files": files, "generation": self.number, "seq": self.store.last_seq(),
+                    "documents": self.store.count_parents(), "vectors": len(self.index)}
+
     def close(self) -> None:
         """Save (writers), wait for searches in flight, and release the files. A writer that wrote into a copy of
         the generation readers held hands the copy over to them (the manifest's `stable` entry is dropped)."""

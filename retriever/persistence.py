@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import IndexCorruptError, InputError, RetrieverError
+from .errors import IndexCorruptError, InputError, RetrieverError, WriterBusy
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -160,7 +160,7 @@ class WriterLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RetrieverError(
+            raise WriterBusy(
                 f"{self.path.parent} is open for writing in another process; close it there or open this one read-only"
             ) from None
         self._fd = fd

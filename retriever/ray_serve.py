@@ -120,7 +120,7 @@ class ShardWriter:
         return self.r.get(id)
 
     def info(self, what: str, *args) -> Any:
-        """stats, index_status, verify, save, publish, documents, document_ids, count_parents, generation, pid."""
+        """stats, index_status, verify, save, copy_to, publish, documents, document_ids, count_parents, generation, pid."""
         with self.lock:
             if what == "stats":
                 return self.r.stats()
@@ -132,6 +132,8 @@ class ShardWriter:
                         "warnings": list(rep.warnings)}
             if what == "save":
                 return self.r.save()
+            if what == "copy_to":  # a backup's share: this shard, copied under its write lock
+                return self.r.copy_to(args[0])
             if what == "publish":
                 out = self.r.publish()
                 self.published = out["published"]
@@ -270,6 +272,9 @@ class RemoteShard:
 
     def save(self) -> None:
         self.ask("save")
+
+    def copy_to(self, dest: str) -> dict[str, Any]:
+        return self.ask("copy_to", dest)
 
     def publish(self) -> dict[str, Any]:
         out = self.ask("publish")

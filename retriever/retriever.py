@@ -97,6 +97,20 @@ class Retriever:
         published, writing = self._gen.publish()
         return {"published": published, "writing": writing, "seconds": round(time.perf_counter() - t0, 3)}
 
+    def backup(self, dest: str | os.PathLike):
+        """A verified backup of this index in `dest` (a new or empty folder), consistent while it is being served
+        and written: it holds every write acknowledged before the call. Returns a BackupReport; check one with
+        `retriever verify DEST`, bring it back with `retriever restore DEST DIR`."""
+        from .backup import take_backup
+
+        self._gen.check_writable()
+        return take_backup(self.path, dest, [("", self)])
+
+    def copy_to(self, dest: str | os.PathLike) -> dict[str, Any]:
+        """This index copied into the folder `dest` under the write lock (the part of a backup each writer
+        takes): {files: {path: {bytes, sha256}}, generation, seq, documents, vectors}."""
+        return self._gen.copy_to(Path(dest))
+
     def __enter__(self) -> "Retriever":
         return self
 

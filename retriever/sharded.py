@@ -25,14 +25,14 @@ import numpy as np
 
 from .config import RetrieverConfig
 from .documents import CHUNK_SEPARATOR, Document, validate_documents
-from .errors import InputError, ShardUnavailable
+from .errors import InputError, RetrieverError, ShardUnavailable
 from .inputs import check_ids, check_k, check_mode, check_queries, check_query
 from .filters import compile_where
 from .models_in_use import ModelsInUse
 from .prepared import Prepared, prepare
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
 from .searcher import Searcher, SearchTrace
-from .sharding import check_shard_count, read_layout, shard_dir_name, shard_of, write_layout
+from .sharding import SHARDS, check_shard_count, read_layout, shard_dir_name, shard_of, write_layout
 from .vectors import as_unit_vectors
 
 
@@ -198,6 +198,16 @@ class ShardedRetriever:
         t0 = time.perf_counter()
         per = [s.publish() for s in self.shards]
         return {"shards": per, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def backup(self, dest: str | os.PathLike):
+        """Every shard copied by its writer under its write lock, and shards.json: see `Retriever.backup`."""
+        from .backup import take_backup
+
+        if self.read_only:
+            raise RetrieverError(f"{self.root} was opened read-only; a backup is taken by its writer "
+                                 f"(open it with read_only=False)")
+        return take_backup(self.root, dest, [(shard_dir_name(i), s) for i, s in enumerate(self.shards)],
+                           layout=self.root / SHARDS)
 
     def __enter__(self) -> "ShardedRetriever":
         return self

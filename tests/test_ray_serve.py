@@ -45,7 +45,9 @@ def test_serve_on_ray_gives_the_same_4xx_errors(ray_served):
     http_tests.test_malformed_oversize_and_unknown_requests_are_4xx_json(ray_served)
 
 
-def test_writes_go_to_the_owning_shard_and_are_read_back_at_once(ray_served):
+def test_writes_go_to_the_owning_shard_and_are_read_back_at_once(ray_served, tmp_path):
+    from retriever import Retriever
+    from retriever.backup import restore_backup
     from retriever.sharding import shard_of
 
     docs = [{"id": f"ray-w{i}", "text": f"Okapis number {i} live in the Ituri rainforest.", "metadata": {"i": i}}
@@ -56,6 +58,13 @@ def test_writes_go_to_the_owning_shard_and_are_read_back_at_once(ray_served):
         assert ray_served.call("GET", f"/v1/documents/{d['id']}")[1] == d
     status, stats = ray_served.call("GET", "/v1/stats")
     counts = [s["documents"] for s in stats["shard_stats"]]
+    # a backup through the router: each shard's writer copies its shard under its write lock
+    status, body = ray_served.call("POST", "/v1/admin/backup", {"dest": str(tmp_path / "backup")})
+    assert status == 200 and body["backup"]["documents"] == sum(counts), body
+    restore_backup(tmp_path / "backup", tmp_path / "restored")
+    with Retriever.open(tmp_path / "restored", read_only=True) as r:
+        assert [len(s) for s in r.shards] == counts
+        assert all(r.shards[shard_of(d["id"], 4)].get(d["id"]).text == d["text"] for d in docs)
     for _ in range(4):
         status, found = ray_served.call("POST", "/v1/search", {"query": "okapi Ituri rainforest", "k": 8,
                                                                "rerank": False})

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..documents import Document
 from .errors import ApiError, error_response, input_field
-from .schemas import ERRORS, DocumentOut, ErrorResponse, SearchBatchResponse, SearchResponse, request_models
+from .schemas import ERRORS, BackupRequest, DocumentOut, ErrorResponse, SearchBatchResponse, SearchResponse, request_models
 from .service import Service
 
 
@@ -120,5 +120,12 @@ def router(svc: Service) -> APIRouter:
               summary="Writer: save and hand the saved generation to read-only servers")
     async def publish():
         return await asyncio.get_running_loop().run_in_executor(svc.write_pool, svc.publish)
+
+    @api.post("/v1/admin/backup", responses=ERRORS, dependencies=write_auth,
+              summary="Writer: a verified backup into a folder on the server's machine, consistent while writing")
+    async def backup(req: BackupRequest):
+        with input_field("dest"):
+            report = await asyncio.get_running_loop().run_in_executor(svc.write_pool, svc.backup, req.dest)
+        return {"backup": report}
 
     return api

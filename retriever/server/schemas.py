@@ -61,6 +61,13 @@ def request_models(cfg) -> Requests:
     return Requests(SearchRequest, SearchBatchRequest, DocumentIn, UpsertRequest, DeleteRequest)
 
 
+class BackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dest: StrictStr = Field(min_length=1, max_length=4096,
+                            description="an absolute path on the server's machine: a new or empty folder, outside "
+                                        "the index; the server writes the backup there")
+
+
 class SearchResponse(BaseModel):
     hits: list[Hit]
     timings_ms: dict[str, float]

@@ -3,6 +3,7 @@
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from typing import Any, Callable
 
 from .. import runtime
 from ..config import RetrieverConfig
-from ..errors import RetrieverError
+from ..errors import InputError, RetrieverError
 from ..persistence import generation_dir, generations, has_readers, read_manifest
 from ..results import Hit
 from ..retriever import Retriever
@@ -213,6 +214,18 @@ class Service:
         with self.serving.borrow() as r:
             self._dirty = False  # publishing saves
             return r.publish()
+
+    def backup(self, dest: str) -> dict[str, Any]:
+        """Writer: a consistent backup into `dest` (every write acknowledged before it), taken under the write lock
+        while searches go on. Raises `Refused` ("read_only") on a read-only server."""
+        if self.read_only:
+            raise Refused("read_only", "a backup is taken by the index's writer, which holds every acknowledged "
+                          "write; ask the writing server, or run `retriever backup DIR DEST` when none runs")
+        if not os.path.isabs(dest):
+            raise InputError(f"dest {dest!r} must be an absolute path on the server's machine (the server writes "
+                             f"there), e.g. /var/backups/index-1")
+        with self.serving.borrow() as r:
+            return r.backup(dest).to_dict()
 
     def save_or_publish(self) -> dict[str, Any] | None:
         """Writer: save when something changed; publish (hand the saved generation to read-only servers) when any
