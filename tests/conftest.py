@@ -3,6 +3,7 @@ per session; `corpus_index` is a real index over 300 fitz-gov documents, built o
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # the mode when it is imported, so it is set before any test module imports ray
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# a token of this session's own (a fresh machine has no ~/.ray/auth_token, and `ray start` makes none)
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -107,9 +110,11 @@ def ray_cluster(tmp_path_factory):
     ray_bin = Path(sys.executable).parent / "ray"
     address = f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
-                    address.split(":")[1], "--num-cpus", "2", "--include-dashboard", "false",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+    started = subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                              address.split(":")[1], "--num-cpus", "2", "--include-dashboard", "false",
+                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    if started.returncode:
+        pytest.fail(f"`ray start --head` failed ({started.returncode}):\n{started.stderr[-3000:]}")
     os.environ["RAY_ADDRESS"] = address  # subprocesses started by tests join this cluster
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)

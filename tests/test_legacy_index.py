@@ -39,7 +39,10 @@ def test_legacy_index_gives_the_same_hits(legacy, read_only):
             hits = r.search(query, k=4, rerank=rerank)
             assert [h.id for h in hits] == [w[0] for w in want], query
             for h, (_, score, retrieval) in zip(hits, want):
-                assert h.score == pytest.approx(score, abs=1e-4) and h.retrieval_score == pytest.approx(retrieval, abs=1e-4)
+                # a reranked score comes from the int8 cross-encoder, whose onnxruntime kernels differ by CPU
+                # (VNNI or not): up to 1e-3 between machines here; the order and the retrieval scores are exact
+                assert h.score == pytest.approx(score, abs=2e-3 if rerank else 1e-4)
+                assert h.retrieval_score == pytest.approx(retrieval, abs=1e-4)
         assert [h.id for h in r.search("capital city", k=10, filters={"lang": "en"}, rerank=False)] == EXPECTED["filtered"]
     if read_only:  # nothing was written
         assert json.loads((legacy / "manifest.json").read_text()) == before
