@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--url", metavar="URL",
                    help="the server writing DIR (e.g. http://127.0.0.1:8000): it takes the backup under its writer "
                         "lock (POST /v1/admin/backup, token from $RETRIEVER_API_TOKEN); DEST is then a path on "
-                        "its machine. Needed while a server writes DIR")
+                        "its machine, directly inside the server's [server] backup_dir. Needed while a server writes DIR")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("restore", help="restore a backup into an index directory, verified before it is in place")

@@ -168,6 +168,9 @@ class ServerConfig:
     # `serve --engine ray`: how long the router waits for a shard's replicas before answering without that shard
     # (the response then says "partial": true and names the shard in "missed_shards")
     shard_timeout_ms: float = field(default=3000.0, metadata=_rule(min=10, max=600_000))
+    # the folder POST /v1/admin/backup may write backups into (each a new folder inside it); "" = that route is
+    # off, so no request can make the server write anywhere else
+    backup_dir: str = ""
 
 
 _SECTIONS = {

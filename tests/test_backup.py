@@ -40,7 +40,11 @@ def saved_index(tmp_path, model_cache) -> Path:
 
 
 def test_backup_taken_from_a_server_under_write_load_holds_every_acknowledged_write(tmp_path, saved_index):
-    server = Server(saved_index).start()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(f'[server]\nbackup_dir = "{backups}"\n')
+    server = Server(saved_index, "--config", str(cfg)).start()
     acked: list[tuple[int, float]] = []  # (write number, when its 200 came back)
     stop = threading.Event()
     errors: list[str] = []
@@ -69,15 +73,18 @@ def test_backup_taken_from_a_server_under_write_load_holds_every_acknowledged_wr
         # bad destinations are refused by the route, naming the field
         status, out = server.call("POST", "/v1/admin/backup", {"dest": "relative/path"})
         assert status == 422 and out["error"]["fields"][0]["field"] == "dest" and "absolute" in out["error"]["message"], out
-        (tmp_path / "full").mkdir()
-        (tmp_path / "full" / "x").write_text("keep")
-        status, out = server.call("POST", "/v1/admin/backup", {"dest": str(tmp_path / "full")})
+        status, out = server.call("POST", "/v1/admin/backup", {"dest": str(tmp_path / "elsewhere")})
+        assert status == 422 and "backup_dir" in out["error"]["message"], out  # only inside [server] backup_dir
+        assert not (tmp_path / "elsewhere").exists()
+        (backups / "full").mkdir()
+        (backups / "full" / "x").write_text("keep")
+        status, out = server.call("POST", "/v1/admin/backup", {"dest": str(backups / "full")})
         assert status == 422 and "not empty" in out["error"]["message"], out
-        assert (tmp_path / "full" / "x").read_text() == "keep"
+        assert (backups / "full" / "x").read_text() == "keep"
 
         began = time.monotonic()
         before = [i for i, t in acked if t < began]
-        dest = tmp_path / "backup"
+        dest = backups / "b1"
         done = cli("backup", str(saved_index), str(dest), "--url", f"http://127.0.0.1:{server.port}", "--json")
         assert done.returncode == 0, done.stderr
         n_before = len(acked)

@@ -23,7 +23,11 @@ APP = "retriever"
 @pytest.fixture(scope="module")
 def ray_served(fitz1000_sharded, tmp_path_factory):
     path = copy_index(fitz1000_sharded[0], tmp_path_factory.mktemp("ray-served") / "index")
-    s = Server(path, "--engine", "ray", "--replicas", "2").start(timeout=300)
+    backups = tmp_path_factory.mktemp("ray-backups")
+    cfg = backups.parent / "ray-serve.toml"
+    cfg.write_text(f'[server]\nbackup_dir = "{backups}"\n')
+    s = Server(path, "--engine", "ray", "--replicas", "2", "--config", str(cfg)).start(timeout=300)
+    s.backup_dir = backups
     yield s
     assert s.stop(timeout=120) == 0, s.output()[-3000:]
 
@@ -59,9 +63,9 @@ def test_writes_go_to_the_owning_shard_and_are_read_back_at_once(ray_served, tmp
     status, stats = ray_served.call("GET", "/v1/stats")
     counts = [s["documents"] for s in stats["shard_stats"]]
     # a backup through the router: each shard's writer copies its shard under its write lock
-    status, body = ray_served.call("POST", "/v1/admin/backup", {"dest": str(tmp_path / "backup")})
+    status, body = ray_served.call("POST", "/v1/admin/backup", {"dest": str(ray_served.backup_dir / "b")})
     assert status == 200 and body["backup"]["documents"] == sum(counts), body
-    restore_backup(tmp_path / "backup", tmp_path / "restored")
+    restore_backup(ray_served.backup_dir / "b", tmp_path / "restored")
     with Retriever.open(tmp_path / "restored", read_only=True) as r:
         assert [len(s) for s in r.shards] == counts
         assert all(r.shards[shard_of(d["id"], 4)].get(d["id"]).text == d["text"] for d in docs)

@@ -432,7 +432,7 @@ def test_openapi_fuzz_finds_no_server_error(tmp_path, small_docs, model_cache):
         assert out.returncode == 0, out.stdout[-6000:]
         tested = re.search(r"Tested: (\d+)", out.stdout)
         operations = sum(len(methods) for methods in s.call("GET", "/openapi.json")[1]["paths"].values())
-        assert tested and int(tested.group(1)) == operations == 11, out.stdout  # every route was fuzzed
+        assert tested and int(tested.group(1)) == operations == 12, out.stdout  # every route was fuzzed
     finally:
         assert s.stop() == 0
     assert "Traceback" not in s.output(), s.output()[-3000:]

@@ -24,7 +24,8 @@ log = logging.getLogger("retriever.server")
 
 class Refused(RetrieverError):
     """The service declines a call as this process is set up or loaded now. `reason`: "writer" (reload on the
-    writer), "read_only" (a write on a read-only server), "reload_failed" or "overloaded"."""
+    writer), "read_only" (a write on a read-only server), "reload_failed", "overloaded" or "backup_off" (no
+    [server] backup_dir)."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -221,9 +222,17 @@ class Service:
         if self.read_only:
             raise Refused("read_only", "a backup is taken by the index's writer, which holds every acknowledged "
                           "write; ask the writing server, or run `retriever backup DIR DEST` when none runs")
+        root = self.config.server.backup_dir
+        if not root:
+            raise Refused("backup_off", "backups over HTTP are off: start the server with [server] backup_dir set "
+                          "(in --config) to the folder they may be written into")
         if not os.path.isabs(dest):
             raise InputError(f"dest {dest!r} must be an absolute path on the server's machine (the server writes "
-                             f"there), e.g. /var/backups/index-1")
+                             f"there), inside [server] backup_dir {root}")
+        inside = os.path.realpath(root)
+        if os.path.dirname(os.path.realpath(dest)) != inside:
+            raise InputError(f"dest {dest!r} must be a new folder directly inside [server] backup_dir {inside}, "
+                             f"e.g. {os.path.join(inside, 'index-1')}")
         with self.serving.borrow() as r:
             return r.backup(dest).to_dict()
 
