@@ -78,9 +78,20 @@ class CandidateSearch:
         return scores, vids
 
     def exact(self, q: np.ndarray, n: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-n by cosine over the vectors in DuckDB (all of them, or the allowed vids)."""
+        """Exact top-n by cosine over the stored vectors (all of them, or the allowed vids): the allowed ones from
+        the index in RAM when it holds them exactly (flat, HNSW, IVF-flat: DuckDB's vectors as the index was given
+        them, unit length again), else from DuckDB."""
         if allowed is not None and not len(allowed):
             return _empty(len(q))
+        index = self._gen.index
+        if allowed is not None and not index.lossy:
+            # the index holds the exact vectors in RAM: no DuckDB scan (at 1M rows, reading 1,739 vectors from
+            # DuckDB took ~55 ms, a semi-join scanning the vector column; FAISS gives them in ~1 ms)
+            vids = np.sort(np.asarray(allowed, np.int64))
+            try:
+                return exact_topk(q, index.reconstruct_many(vids), vids, n)
+            except RuntimeError:  # an id FAISS does not hold (it lags DuckDB): the source of truth's vectors
+                pass
         vids, vecs = self._gen.store.vectors(allowed)
         return exact_topk(q, vecs, vids, n)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .metadata_fields import check_fields
 
 DEFAULT_EMBEDDING_MODEL = "builtin:all-MiniLM-L6-v2"
 DEFAULT_RERANK_MODEL = "builtin:ms-marco-MiniLM-L-12-v2"
@@ -78,6 +79,10 @@ class RerankConfig:
     # per batch, so batching would make a pair's score depend on its batchmates), 8 on torch
     batch_size: int = field(default=0, metadata=_rule(min=0, max=4096))
     max_length: int = field(default=384, metadata=_rule(min=16, max=512))
+    # onnx: whether onnxruntime's intra-op threads spin-wait between the model's parallel steps (true until issue
+    # 16). Scores are the same either way; spinning burns the cores that concurrent searches, the other search
+    # threads of a server and any other process need (benchmarks/bench_server.py, bench_reranker_export.py)
+    thread_spinning: bool = False
     # milliseconds the cross-encoder may spend on one search (0 = no limit); past it the hits come back in
     # retrieval order and the trace / HTTP response says `rerank_timed_out`
     budget_ms: float = field(default=0.0, metadata=_rule(min=0, max=600_000))
@@ -173,6 +178,17 @@ class ServerConfig:
     backup_dir: str = ""
 
 
+@dataclass(frozen=True)
+class MetadataConfig:
+    """Metadata fields filtered through typed, indexed DuckDB columns instead of the JSON (`metadata_fields`):
+    {name: type}, type one of "int", "float", "str", "bool", "list[str]", "list[int]"; a dotted name is a nested
+    field. Filters give the same rows either way; at 1M documents a typed equality or range takes milliseconds
+    where the JSON takes hundreds (benchmarks/bench_filters.py). A document whose declared field holds a value
+    of another type is refused. Fields of an existing index are added with `retriever rebuild DIR --metadata
+    NAME=TYPE` (`Retriever.add_metadata_fields`), which fills them from the stored JSON."""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
 _SECTIONS = {
     "embedding": EmbeddingConfig,
     "index": IndexConfig,
@@ -183,6 +199,7 @@ _SECTIONS = {
     "runtime": RuntimeConfig,
     "cache": CacheConfig,
     "server": ServerConfig,
+    "metadata": MetadataConfig,
 }
 
 
@@ -197,6 +214,7 @@ class RetrieverConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
@@ -286,6 +304,7 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
         "bool": lambda v: isinstance(v, bool),
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         "tuple[str,...]": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
+        "dict[str,str]": lambda v: check_fields(v, key) is not None,  # metadata.fields: names and types checked
     }[base](value)
     if not ok:
         expected = "a list of strings" if base.startswith("tuple") else f"of type {base}"

@@ -100,7 +100,7 @@ class Generation:
         lock = WriterLock(root)
         lock.acquire()
         generation_dir(root, 1).mkdir()
-        store = Store.create(generation_dir(root, 1) / STORE, dim)
+        store = Store.create(generation_dir(root, 1) / STORE, dim, config.metadata.fields)
         lexical = LexicalIndex.build(store, generation_dir(root, 1) / LEXICAL)
         manifest = Manifest.new(config.to_dict(), embedder, 1, index_meta(plan, config.index.kind, None))
         gen = cls(root, manifest, store, VectorIndex(dim, plan), config, read_only=False, lock=lock,

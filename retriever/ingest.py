@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .config import RetrieverConfig
 from .documents import Document, load_records, records_to_documents, validate_documents
+from .metadata_fields import check_documents
 from .errors import InputError
 from .models_in_use import check_weights
 from .prepared import Prepared, prepare
@@ -97,6 +98,7 @@ def ingest(data: str | os.PathLike, index: str | os.PathLike, *, shards: int | N
             metadata_fields=metadata_fields if metadata_fields is not None else ing.metadata_fields,
             prepend_fields=ing.prepend_fields, source=str(data), dedupe=dedupe)
         docs = validate_documents(docs)  # every record, before anything is embedded or written
+        check_documents((r.config if r is not None else config or RetrieverConfig()).metadata.fields, docs)
         if r is None:
             r = Retriever.create(root, config or RetrieverConfig(), shards=shards)
         step = ing.commit_every

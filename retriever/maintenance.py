@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import runtime
+from .config import RetrieverConfig
 from .embedding import Embedder
 from .errors import IndexMismatchError, InputError
 from .index_plan import IndexPlan, check_settings, plan_index, retrain_due
@@ -208,6 +209,25 @@ def rebuild(gen, index: dict | None) -> int:
     return n
 
 
+def add_metadata_fields(gen, fields: dict[str, str]) -> dict[str, Any]:
+    """Declare more typed metadata fields on an open index: the store fills their columns from the stored JSON in
+    one transaction (a stored value of another type refuses the step and names its document; nothing changes),
+    then the manifest's config records them. Searches wait for the fill, which reads every row's metadata."""
+    t0 = time.perf_counter()
+    if not isinstance(fields, dict) or not fields:
+        raise InputError('fields must be a non-empty dict of field name to type, e.g. {"year": "int"}')
+    with gen.write_lock:
+        merged = RetrieverConfig.from_dict(
+            {"metadata": {"fields": {**gen.store.fields, **fields}}}, source="add_metadata_fields").metadata.fields
+        added = [name for name in fields if name not in gen.store.fields]
+        with gen.rw.write():
+            rows = gen.store.add_fields(fields)
+            gen.config = gen.config.replace(metadata={"fields": merged})
+        stored = RetrieverConfig.from_dict(gen.manifest.config).replace(metadata={"fields": merged})
+        gen.set_manifest(gen.manifest.replace(config=stored.to_dict()))
+    return {"added": added, "fields": merged, "rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
+
+
 def reembed(gen, models, searcher, model: str, *, batch_size: int | None, backend: str | None,
             show_progress: bool) -> dict[str, Any]:
     """Every stored text embedded again by `model` into a new generation, which replaces the current one once it
@@ -222,7 +242,7 @@ def reembed(gen, models, searcher, model: str, *, batch_size: int | None, backen
     with gen.write_lock:
         old_gen = gen.number
         new_gen, gdir = gen.new_generation_dir()
-        store = Store.create(gdir / STORE, dim)
+        store = Store.create(gdir / STORE, dim, gen.store.fields)
         done, total = 0, gen.store.count()
         try:
             check_settings(config.index, dim)

@@ -160,6 +160,13 @@ def open_config(root: Path, manifest: Manifest, config: RetrieverConfig | None,
             f"differ slightly and must not mix; open it with embedding.backend = {embedded_by!r}, or re-embed it: "
             f"`retriever reembed {root} --model {stored.embedding.model} --backend {config.embedding.backend}`"
         )
+    if config.metadata.fields != stored.metadata.fields:
+        raise InputError(
+            f"{root} has the typed metadata fields {stored.metadata.fields or '{}'}, not "
+            f"{config.metadata.fields or '{}'} ([metadata] fields); open it with [metadata] fields = "
+            f"{stored.metadata.fields or '{}'}, or add fields to the index from its stored metadata: "
+            f"`retriever rebuild {root} --metadata NAME=TYPE` (Retriever.add_metadata_fields)"
+        )
     for key in BUILD_SETTINGS:
         want, have = getattr(config.index, key), getattr(stored.index, key)
         if want != have:

@@ -23,6 +23,7 @@ from .generation import Generation
 from .inputs import check_ids, check_k, check_mode, check_queries, check_query
 from .lexical import LexicalIndex
 from .manifest import Manifest
+from .metadata_fields import check_documents
 from .models_in_use import ModelsInUse
 from .prepared import Prepared, prepare
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
@@ -219,6 +220,7 @@ class Retriever:
         docs = validate_documents(documents)
         if not docs:
             return UpsertReport(0, 0, 0, 0, 0, 0.0)
+        check_documents(self._gen.store.fields, docs)  # declared metadata fields, before anything is embedded
         prepared = prepare(docs, self.checked_embedder(), self.config.chunking, show_progress=show_progress)
         return self.write_prepared(prepared, t0=t0)
 
@@ -327,6 +329,14 @@ class Retriever:
         vector count."""
         self._gen.check_writable()
         return maintenance.rebuild(self._gen, index)
+
+    def add_metadata_fields(self, fields: dict[str, str]) -> dict[str, Any]:
+        """Filter these metadata fields ({name: type}, e.g. ``{"year": "int", "tags": "list[str]"}``) through
+        typed, indexed columns from now on: they are filled from the stored metadata in one transaction (a stored
+        value of another type refuses the step, naming its document; nothing changes) and recorded in the
+        manifest's `[metadata] fields`. Filters give the same rows as before, faster. Returns what was added."""
+        self._gen.check_writable()
+        return maintenance.add_metadata_fields(self._gen, fields)
 
     def reembed(self, model: str, *, batch_size: int | None = None, backend: str | None = None,
                 show_progress: bool = False) -> dict[str, Any]:

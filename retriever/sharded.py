@@ -28,6 +28,7 @@ from .documents import CHUNK_SEPARATOR, Document, validate_documents
 from .errors import InputError, RetrieverError, ShardUnavailable
 from .inputs import check_ids, check_k, check_mode, check_queries, check_query
 from .filters import compile_where
+from .metadata_fields import check_documents
 from .models_in_use import ModelsInUse
 from .prepared import Prepared, prepare
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
@@ -327,6 +328,7 @@ class ShardedRetriever:
         docs = validate_documents(documents)
         if not docs:
             return UpsertReport(0, 0, 0, 0, 0, 0.0)
+        check_documents(self.config.metadata.fields, docs)  # before any shard is written
         prepared = prepare(docs, self.checked_embedder(), self.config.chunking, show_progress=show_progress)
         return self.write_prepared(prepared, t0=t0)
 
@@ -423,6 +425,19 @@ class ShardedRetriever:
 
     def rebuild(self, index: dict | None = None) -> int:
         return sum(s.rebuild(index) for s in self.shards)
+
+    def add_metadata_fields(self, fields: dict[str, str]) -> dict[str, Any]:
+        """`Retriever.add_metadata_fields` on every shard, one after the other (each shard in one transaction). A
+        stored value of another type stops at its shard, naming the document: the shards before it have the fields,
+        and running it again after the fix completes the rest (adding a field of the same type again is a no-op)."""
+        done = []
+        for i, s in enumerate(self.shards):
+            try:
+                done.append(s.add_metadata_fields(fields))
+            except InputError as e:
+                raise InputError(f"{shard_dir_name(i)}: {e} (shards {', '.join(map(shard_dir_name, range(i))) or 'none'} "
+                                 f"already have the fields; fix the document and run it again)") from None
+        return {**done[0], "rows": sum(d["rows"] for d in done), "shards": len(done)}
 
     def reembed(self, model: str, **kw) -> dict[str, Any]:
         per = [s.reembed(model, **kw) for s in self.shards]

@@ -10,7 +10,9 @@ from typing import Any, Iterable, Sequence
 import duckdb
 import numpy as np
 
+from . import metadata_fields as typed
 from .errors import InputError, RetrieverError
+from .filters import compile_filter_for
 
 SCHEMA_VERSION = 1
 
@@ -39,15 +41,19 @@ class StoreBusy(RetrieverError):
 class Store:
     """Writes go through `self.con` inside explicit transactions; every result on it is fetched to the end
     (DuckDB refuses new work on a connection with an unfinished result). Reads use a fresh cursor each."""
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, dim: int, read_only: bool):
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, dim: int, read_only: bool,
+                 fields: dict[str, str] | None = None):
         self.con = con
         self.path = path
         self.dim = dim
         self.read_only = read_only
+        # the declared metadata fields {name: type} whose typed columns the table `fields` holds (metadata_fields)
+        self.fields: dict[str, str] = dict(fields or {})
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: Path, dim: int) -> "Store":
+    def create(cls, path: Path, dim: int, fields: dict[str, str] | None = None) -> "Store":
+        """A new store; `fields` {name: type} are the declared metadata fields, given typed columns."""
         con = duckdb.connect(str(path))
         con.execute(f"""
             CREATE SEQUENCE vid_seq START 1;
@@ -64,8 +70,11 @@ class Store:
             CREATE TABLE info (key VARCHAR PRIMARY KEY, value VARCHAR);
             INSERT INTO info VALUES ('schema_version', '{SCHEMA_VERSION}'), ('dim', '{int(dim)}');
         """)
+        store = cls(con, path, dim, read_only=False)
+        if fields:
+            store.add_fields(fields)
         con.execute("CHECKPOINT")
-        return cls(con, path, dim, read_only=False)
+        return store
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> "Store":
@@ -80,7 +89,8 @@ class Store:
         info = dict(con.execute("SELECT key, value FROM info").fetchall())
         if int(info.get("schema_version", -1)) != SCHEMA_VERSION:
             raise RetrieverError(f"{path}: schema version {info.get('schema_version')} is not {SCHEMA_VERSION}")
-        return cls(con, path, int(info["dim"]), read_only)
+        fields = json.loads(info.get("metadata_fields") or "{}")  # none in a store made before typed fields
+        return cls(con, path, int(info["dim"]), read_only, fields)
 
     def close(self) -> None:
         try:
@@ -116,6 +126,7 @@ class Store:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, np.float32).ravel()), self.dim),
         })
         key_list = list(keys)
+        columns = typed.column_values(self.fields, [r[0] for r in rows], [r[3] for r in rows]) if self.fields else None
         with self._transaction() as con:
             old = con.execute(
                 "SELECT vid, coalesce(parent_id, id) FROM documents WHERE id IN (SELECT unnest(?::VARCHAR[])) "
@@ -125,6 +136,7 @@ class Store:
             removed = np.array([r[0] for r in old], dtype=np.int64)
             if len(removed):
                 con.execute("DELETE FROM documents WHERE vid IN (SELECT unnest(?::BIGINT[]))", [removed.tolist()]).fetchall()
+                self._delete_fields(con, removed)
                 self._log(con, "del", removed)
             con.register("_batch", batch)
             added = con.execute(
@@ -132,6 +144,8 @@ class Store:
                 "RETURNING vid, id"
             ).fetchall()
             con.unregister("_batch")
+            if columns is not None:
+                self._insert_fields(con, rows, added, columns)
             added_vids = np.array([r[0] for r in added], dtype=np.int64)
             seq = self._log(con, "add", added_vids)
         return WriteResult(added_vids, tuple(r[1] for r in added), removed, frozenset(r[1] for r in old), seq)
@@ -145,8 +159,53 @@ class Store:
                 [key_list, key_list],
             ).fetchall()
             removed = np.array([r[0] for r in old], dtype=np.int64)
+            self._delete_fields(con, removed)
             seq = self._log(con, "del", removed)
         return WriteResult(np.zeros(0, np.int64), (), removed, frozenset(r[1] for r in old), seq)
+
+    # ------------------------------------------------------------------------------- typed metadata fields
+    def _insert_fields(self, con, rows: Sequence[tuple], added: list[tuple], columns: dict[str, list]) -> None:
+        """The typed columns of the rows just inserted (`added`: (vid, id)), in the same transaction."""
+        position = {r[0]: i for i, r in enumerate(rows)}
+        order = [position[i] for _, i in added]
+        picked = {c: [values[i] for i in order] for c, values in columns.items()}
+        con.register("_fields", typed.arrow_table(self.fields, [v for v, _ in added], picked))
+        con.execute(typed.insert_sql(self.fields, "_fields")).fetchall()
+        con.unregister("_fields")
+
+    def _delete_fields(self, con, vids: np.ndarray) -> None:
+        if self.fields and len(vids):
+            con.execute(f"DELETE FROM {typed.TABLE} WHERE vid IN (SELECT unnest(?::BIGINT[]))",
+                        [vids.tolist()]).fetchall()
+
+    def add_fields(self, new: dict[str, str], batch: int = 65536) -> int:
+        """Declare more metadata fields: every stored row's metadata is checked against the new types and the
+        `fields` table rebuilt with the old and new columns, in one transaction (a row of another type refuses
+        the whole step, naming it; `documents` is never changed). Returns the rows filled."""
+        fields = {**self.fields, **typed.check_fields(new)}
+        for name, ftype in new.items():
+            if self.fields.get(name, ftype) != ftype:
+                raise InputError(f"metadata field {name!r} is declared {self.fields[name]!r}, not {ftype!r}; a "
+                                 f"declared field keeps its type (filter it under another name, or re-ingest)")
+        with self._transaction() as con:
+            cur = con.execute("SELECT vid, id, metadata FROM documents ORDER BY vid")
+            vids: list[int] = []
+            columns: dict[str, list] = {}
+            while chunk := cur.fetchmany(batch):
+                part = typed.column_values(fields, [r[1] for r in chunk], [json.loads(r[2]) for r in chunk])
+                vids.extend(r[0] for r in chunk)
+                for c, values in part.items():
+                    columns.setdefault(c, []).extend(values)
+            if not vids:
+                columns = typed.column_values(fields, [], [])
+            con.register("_fields", typed.arrow_table(fields, vids, columns))
+            con.execute(f"DROP TABLE IF EXISTS {typed.TABLE}").fetchall()
+            for statement in typed.table_sql(fields, "_fields"):
+                con.execute(statement).fetchall()
+            con.unregister("_fields")
+            con.execute("INSERT OR REPLACE INTO info VALUES ('metadata_fields', ?)", [json.dumps(fields)]).fetchall()
+        self.fields = fields
+        return len(vids)
 
     @staticmethod
     def _log(con, op: str, vids: np.ndarray) -> int:
@@ -222,12 +281,20 @@ class Store:
         table = self._cursor().sql("SELECT id, vector FROM documents ORDER BY vid").to_arrow_table()
         return table.column("id").to_pylist(), self._matrix(table)
 
-    def filter_vids(self, sql: str, params: list[Any]) -> np.ndarray:
+    def filter_vids(self, sql: str, params: list[Any], filters: dict | None = None) -> np.ndarray:
+        """The vids of the rows where `sql` (a compiled filter over `metadata`) holds. Given the filter itself
+        (`filters.Where`), it is compiled again over this store's typed columns for the fields it declares."""
+        table = "documents"
+        if filters is not None and self.fields:
+            compiled = compile_filter_for(filters, self.fields)
+            sql, params = compiled.sql, compiled.params
+            if compiled.reads_fields:
+                table = f"documents JOIN {typed.TABLE} USING (vid)" if compiled.reads_json else typed.TABLE
         try:
-            res = self._cursor().execute(f"SELECT vid FROM documents WHERE {sql}", params).fetchnumpy()
+            res = self._cursor().sql(f"SELECT vid FROM {table} WHERE {sql}", params=params).to_arrow_table()
         except duckdb.Error as e:
             raise InputError(f"the filter could not be evaluated over the metadata ({e}); check its values and types") from None
-        return res["vid"].astype(np.int64)
+        return res.column("vid").to_numpy().astype(np.int64, copy=False)
 
     def fetch(self, vids: Sequence[int]) -> dict[int, Row]:
         if not len(vids):
