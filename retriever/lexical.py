@@ -168,11 +168,30 @@ class LexicalIndex:
         t = self._t
         q = t.Query.boolean_query([(t.Occur.Should, t.Query.term_query(self._schema, "body", term))
                                    for term in terms])
-        if allowed is not None:
-            only = t.Query.term_set_query(self._schema, "vid", [int(v) for v in allowed])
-            q = t.Query.boolean_query([(t.Occur.Must, q), (t.Occur.Must, only)])
         searcher = self._searcher
-        hits = searcher.search(q, int(n)).hits
+        if allowed is not None:
+            allowed = np.unique(np.asarray(allowed, np.int64))
+            # a broad filter: rank unfiltered, keep the allowed, deeper until n are kept or none is left (a term
+            # set query costs per allowed vid, ~270 ms for 150k); a narrow one: the term set, scored 0
+            depth = int(np.ceil(1.5 * n * max(len(self), 1) / len(allowed))) + int(n)
+            if depth < len(allowed):
+                return self._post_filtered(q, int(n), allowed, depth)
+            only = t.Query.boost_query(t.Query.term_set_query(self._schema, "vid", allowed.tolist()), 0.0)
+            q = t.Query.boolean_query([(t.Occur.Must, q), (t.Occur.Must, only)])
+        return self._scored(searcher, searcher.search(q, int(n), count=False).hits)
+
+    def _post_filtered(self, q, n: int, allowed: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        searcher = self._searcher
+        while True:
+            hits = searcher.search(q, depth, count=False).hits
+            scores, vids = self._scored(searcher, hits)
+            keep = np.isin(vids, allowed, assume_unique=False)
+            if keep.sum() >= n or len(hits) < depth:
+                return scores[keep][:n], vids[keep][:n]
+            depth *= 4
+
+    @staticmethod
+    def _scored(searcher, hits) -> tuple[np.ndarray, np.ndarray]:
         if not hits:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         vids = searcher.fast_field_values("vid", [addr for _, addr in hits])

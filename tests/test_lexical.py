@@ -148,6 +148,15 @@ def test_lexical_index_search_filter_and_odd_queries(tmp_path):
     _, vids = lex.search("alpha", 10, allowed)
     assert sorted(vids) == [3, 4, 5, 6, 7]
     assert len(lex.search("alpha", 10, np.zeros(0, np.int64))[1]) == 0
+    # a filter changes which chunks come back, never their scores or order: narrow ones go through a term set
+    # (scored 0), broad ones rank unfiltered and keep the allowed, deeper until n are kept
+    all_scores, all_vids = lex.search("gamma row7 row33", 100)
+    for allowed in (np.array([7, 8, 33]), np.arange(1, 40), np.arange(2, 51, 2), np.arange(1, 51)):
+        for n in (1, 5, 20):
+            scores, vids = lex.search("gamma row7 row33", n, allowed)
+            keep = np.isin(all_vids, allowed)
+            assert vids.tolist() == all_vids[keep][:n].tolist(), (len(allowed), n)
+            assert np.allclose(scores, all_scores[keep][:n], atol=1e-6), (len(allowed), n)
     for odd in ('"unclosed', "title:alpha", "alpha AND OR NOT", "(((", "ünïcødé row7", "-alpha", "*", "a:b:c"):
         lex.search(odd, 5)  # never raises on user text
     assert lex.terms("the and of") == [] and len(lex.search("the and of", 5)[1]) == 0
