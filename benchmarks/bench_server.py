@@ -22,8 +22,18 @@ What it does:
      with its own keep-alive `http.client` connection, POST /v1/search {"query", "k": 10, "rerank"} until the
      row's texts are sent. Latency is per request (send to last body byte); throughput = responses / wall time of
      the row; any other status or a failed connection is an error (counted, first message kept);
-  6. SIGTERM to the server (also when something failed), one table on stdout, every number in
-     benchmarks/results/bench_server.json; the server's log goes to benchmarks/results/bench_server.server.log.
+     After the reranked rows, each one's texts are sent again at the same client count ("caches on, texts
+     repeated"): every answer then comes from the two caches. That is what a reranked row measured when every row
+     sent the same texts (issue 16: 250 q/s at 16 ms p50), kept as the cached baseline;
+  6. SIGTERM to that server; then two read-only servers at once, `retriever serve DIR --read-only --config
+     caches-off-J.toml`, both with `[cache] query_embeddings = 0` and `rerank_scores = 0` (cold by construction,
+     whatever the texts): "off" with today's defaults, "off, spinning (before)" also with `[rerank]
+     thread_spinning = true` (onnxruntime's intra-op threads spin-waiting, as before issue 16); reranked rows at 1, 4 and 16 clients with new distinct
+     texts, the two servers' rows interleaved (the order alternating) so the machine's noise hits both alike;
+  7. SIGTERM to the servers (also when something failed), one table on stdout and a side-by-side of the reranked
+     rows (cached / distinct texts with caches on / caches off / caches off as before), every number in
+     benchmarks/results/bench_server.json; the servers' logs go to benchmarks/results/bench_server.server.log and
+     bench_server.server.coldJ.log.
 
 The clients run in this process on the same cores as the server (loopback only), so the rows include the
 client's cost; each row records the CPU seconds of the server, of this process and of the other processes.
@@ -54,6 +64,9 @@ from retriever.datasets import fitz_gov_queries, fitz_gov_subset  # noqa: E402
 HOST = "127.0.0.1"
 K = 10
 FLOOR_WARMUP = 3
+COLD_CONFIG = "[cache]\nquery_embeddings = 0\nrerank_scores = 0\n"
+# the caches-off servers (label: --config): today's defaults, and the cross-encoder's threads as before issue 16
+COLD = {"off": COLD_CONFIG, "off, spinning (before)": COLD_CONFIG + "[rerank]\nthread_spinning = true\n"}
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -71,24 +84,26 @@ def cache_hits(stats: dict) -> int:
     return sum(c["hits"] for c in stats.values())
 
 
-def row(mode: str, clients, seconds: list[float], phase: Phase, errors: int, hits: int, **extra) -> dict:
-    return {"mode": mode, "clients": clients, "requests": len(seconds) + errors, "errors": errors,
+def row(mode: str, clients, seconds: list[float], phase: Phase, errors: int, hits: int, caches: str = "on",
+        **extra) -> dict:
+    return {"mode": mode, "clients": clients, "caches": caches, "requests": len(seconds) + errors, "errors": errors,
             "throughput_qps": len(seconds) / phase.wall if phase.wall > 0 else None, "cache_hits": hits,
             **latency(seconds), "phase": phase.record(), **extra}
 
 
 # ------------------------------------------------------------------------------------------- query texts
-def deal_texts(subset_labeled, counts: dict[bool, int], rows_per_mode: int, warmups: int) -> tuple[dict, dict]:
+def deal_texts(subset_labeled, counts: dict[bool, int], rows_per_mode: dict[bool, int], warmups: int
+               ) -> tuple[dict, dict]:
     """Distinct texts for every row, {"warmup": [...], (rerank, row index): [...]}, and a note for the output.
     The texts used are picked evenly from the pool and dealt out interleaved, so every row gets the same spread of
     query categories (the pool is in query-id order, i.e. by category)."""
     subset = [q.query for q in common.distinct_texts(subset_labeled)]
     seen = set(subset)
     pool = subset + [q.query for q in common.distinct_texts(fitz_gov_queries()) if q.query not in seen]
-    want = rows_per_mode * sum(counts.values()) + warmups
+    want = sum(rows_per_mode[rr] * n for rr, n in counts.items()) + warmups
     scale = 1.0 if want <= len(pool) else (len(pool) - warmups) / (want - warmups)
     got = {rr: max(1, int(n * scale)) for rr, n in counts.items()}
-    sizes = {"warmup": warmups, **{(rr, i): got[rr] for rr in (False, True) for i in range(rows_per_mode)}}
+    sizes = {"warmup": warmups, **{(rr, i): got[rr] for rr in (False, True) for i in range(rows_per_mode[rr])}}
     used = sum(sizes.values())
     slots = sorted(((j + 0.5) / n, k) for k, n in enumerate(sizes.values()) for j in range(n))
     keys, dealt = list(sizes), {key: [] for key in sizes}
@@ -165,8 +180,8 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float) -> dict:
     raise RuntimeError(f"the server was not ready after {timeout:.0f} s (last: {last})")
 
 
-def http_run(port: int, texts: list[str], clients: int, rerank: bool, server_pid: int) -> dict:
-    """`clients` threads send one request per text between them, each text once."""
+def http_run(port: int, texts: list[str], clients: int, rerank: bool, server_pid: int, caches: str = "on") -> dict:
+    """`clients` threads send one request per text between them, each text once; `caches` labels the row."""
     bodies = [json.dumps({"query": q, "k": K, "rerank": rerank}).encode() for q in texts]
     headers = {"Content-Type": "application/json"}
     counter, lock = itertools.count(), threading.Lock()
@@ -229,7 +244,7 @@ def http_run(port: int, texts: list[str], clients: int, rerank: bool, server_pid
         for t in threads:
             t.join()
     return row("rerank" if rerank else "no rerank", clients, lat, ph, sum(errors.values()),
-               server_cache_hits(port) - h0, server_total_p50_ms=pct(server_total, 50),
+               server_cache_hits(port) - h0, caches, server_total_p50_ms=pct(server_total, 50),
                server_queue_p50_ms=pct(queue_ms, 50), error_kinds=errors,
                first_error=first_error[0] if first_error else None, **flags)
 
@@ -269,68 +284,126 @@ def main() -> int:
         p.error("--clients, --requests and --rerank-requests must be positive")
 
     _, labeled = fitz_gov_subset(args.docs)
-    warmups = 2 * (FLOOR_WARMUP + len(clients))  # per rerank mode: the floor's and one per HTTP row
-    dealt, meta = deal_texts(labeled, {False: args.requests, True: args.rerank_requests}, 1 + len(clients), warmups)
+    # per rerank mode: the floor's and one per HTTP row; reranked, also one per row of the caches-off server
+    warmups = 2 * (FLOOR_WARMUP + len(clients)) + len(COLD) * len(clients)
+    rows_per_mode = {False: 1 + len(clients), True: 1 + (1 + len(COLD)) * len(clients)}
+    dealt, meta = deal_texts(labeled, {False: args.requests, True: args.rerank_requests}, rows_per_mode, warmups)
     warm = iter(dealt["warmup"])
-    tmp = Path(tempfile.mkdtemp(prefix="bench-server-")) if args.index is None else None
+    tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))
     index = args.index or tmp / "index"
     meta.update(machine_start=common.machine(), k=K, clients=clients, quick=args.quick,
-                caches="on at the shipped sizes; distinct texts everywhere; no server route clears them")
+                caches="first server: on at the shipped sizes, distinct texts everywhere (no server route clears "
+                       "them), then each reranked row's texts sent again (all answered by the caches); then one "
+                       "server per entry of COLD, both up at once, their rows interleaved, new distinct texts",
+                cold_servers=COLD)
     rows: list[dict] = []
-    proc = None
+    proc, cold = None, []
     server_log = RESULTS / "bench_server.server.log"
     RESULTS.mkdir(parents=True, exist_ok=True)
     try:
         meta["index"] = common.fitz_index(index, args.docs)
         log(f"in-process floor (sequential Retriever.search); {meta['texts_note']}")
         floor = in_process(index, dealt, [next(warm) for _ in range(FLOOR_WARMUP)])
-        port = free_port()
-        cmd = [*retriever_command(), "serve", str(index), "--host", HOST, "--port", str(port)]
-        log(f"starting {' '.join(cmd)} (log: {server_log})")
-        with open(server_log, "wb") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = perf()
-        ready = wait_ready(proc, port, args.ready_timeout)
-        meta["server"] = {"command": cmd, "ready_s": round(perf() - t0, 1), "readyz": ready}
-        _, stats = get_json(port, "/v1/stats")
-        meta["server"]["stats"] = {k: stats.get(k) for k in ("documents", "vectors", "index_kind", "server")}
-        log(f"server ready in {meta['server']['ready_s']} s: {stats.get('server')}")
 
+        proc, port = start_server(index, [], server_log, args.ready_timeout, meta, "server")
         for rerank in (False, True):
             rows.append(floor[int(rerank)])
             for i, c in enumerate(clients, 1):
                 http_run(port, [next(warm)], 1, rerank, proc.pid)  # untimed warm-up search
                 rows.append(http_run(port, dealt[(rerank, i)], c, rerank, proc.pid))
-                x = rows[-1]
-                log(f"  rerank={rerank} clients={c}: {x['throughput_qps']:.2f} q/s, p50 {x.get('p50_ms') or 0:.0f} ms, "
-                    f"errors {x['errors']}" + (f" ({x['first_error']})" if x["errors"] else ""))
+                log_row(rows[-1])
+            if rerank:  # the same texts again: every answer comes from the caches (what a cached row measures)
+                for i, c in enumerate(clients, 1):
+                    rows.append(http_run(port, dealt[(True, i)], c, True, proc.pid, caches="on, texts repeated"))
+                    log_row(rows[-1])
+        meta["server"]["exit_code"] = stop(proc, server_log)
+
+        cold = []  # (label, process, port, log): every caches-off server up at once, rows interleaved
+        for j, (label, toml) in enumerate(COLD.items()):
+            cfg = tmp / f"caches-off-{j}.toml"
+            cfg.write_text(toml)
+            log_file = server_log.with_suffix(f".cold{j}.log")
+            proc, port = start_server(index, ["--read-only", "--config", str(cfg)], log_file, args.ready_timeout,
+                                      meta, f"server {label}")
+            cold.append((label, proc, port, log_file))
+        row_no = itertools.count(1 + len(clients))
+        for n, c in enumerate(clients):
+            for label, proc, port, _ in cold[n % len(cold):] + cold[:n % len(cold)]:
+                http_run(port, [next(warm)], 1, True, proc.pid, caches=label)  # untimed warm-up search
+                rows.append(http_run(port, dealt[(True, next(row_no))], c, True, proc.pid, caches=label))
+                log_row(rows[-1])
+        for label, proc, _, log_file in cold:
+            meta[f"server {label}"]["exit_code"] = stop(proc, log_file)
+        proc = None
     finally:
-        if proc is not None:
-            meta.setdefault("server", {})["exit_code"] = stop(proc, server_log)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for p in [proc] + [c[1] for c in cold]:
+            if p is not None and p.poll() is None:
+                stop(p, server_log)
+        shutil.rmtree(tmp, ignore_errors=True)  # the caches-off config, and the index unless --index named one
 
     meta["machine_end"] = common.machine()
     common.write_json(args.out, {"meta": meta, "rows": rows})
     print(f"\nbench_server: fitz_gov_subset({args.docs}), k={K}, {common.CORES} cores, loopback {HOST}; load average "
           f"{meta['machine_start']['loadavg'][0]:.2f} at start, {meta['machine_end']['loadavg'][0]:.2f} at end")
-    print(f"queries: every row and every warm-up search has its own texts, no text is sent twice "
-          f"({meta['texts_note']}); caches: left on (no server route clears them), so a hit would show in the "
-          f"'cache hits' column")
+    print(f"queries: every row and every warm-up search has its own texts, no text is sent twice except in the "
+          f"'on, texts repeated' rows ({meta['texts_note']}); caches: 'on' = the shipped sizes, a hit would show in "
+          f"the 'cache hits' column; 'on, texts repeated' = the previous row's texts again, answered by the caches; "
+          f"'off' = a server with [cache] query_embeddings = 0 and rerank_scores = 0 (cold by construction); "
+          f"'off, spinning (before)' = the same plus [rerank] thread_spinning = true (onnxruntime's threads as before "
+          f"issue 16); the 'off' servers run at once, their rows interleaved")
     print(common.table(
-        ["mode", "clients", "requests", "errors", "q/s", "p50 ms", "p95 ms", "p99 ms", "server p50", "cache hits",
-         "others"],
-        [[x["mode"], x["clients"], x["requests"], x["errors"], fmt(x["throughput_qps"], ",.2f"),
+        ["mode", "clients", "caches", "requests", "errors", "q/s", "p50 ms", "p95 ms", "p99 ms", "server p50",
+         "cache hits", "others"],
+        [[x["mode"], x["clients"], x.get("caches", "on"), x["requests"], x["errors"], fmt(x["throughput_qps"], ",.2f"),
           fmt(x.get("p50_ms"), ",.1f"), fmt(x.get("p95_ms"), ",.1f"), fmt(x.get("p99_ms"), ",.1f"),
           fmt(x.get("server_total_p50_ms"), ",.1f"), x["cache_hits"], fmt(x["phase"]["others_share"], ".0%")]
-         for x in rows], align="ll"))
+         for x in rows], align="lll"))
     print("server p50: the server's own timings_ms.total; cache hits: query-embedding + rerank-score cache hits "
           "during the row; others: share of the cores used by other processes (not this script, not the server)")
+    print("\nreranked, side by side (q/s, p50 / p95 ms):")
+    side = []
+    for c in clients:
+        cells = [c]
+        for caches in ("on, texts repeated", "on", *COLD):
+            x = next((x for x in rows if x["mode"] == "rerank" and x["clients"] == c and x.get("caches") == caches),
+                     None)
+            cells.append("-" if x is None else f"{fmt(x['throughput_qps'], ',.2f')} q/s, "
+                                               f"{fmt(x.get('p50_ms'), ',.0f')} / {fmt(x.get('p95_ms'), ',.0f')}")
+        side.append(cells)
+    print(common.table(["clients", "cached (texts repeated)", "distinct texts, caches on",
+                        *(f"distinct, caches {c}" for c in COLD)], side, align="l"))
     print(f"JSON: {args.out}")
     bad = sum(x["errors"] for x in rows)
     if bad:
         print(f"WARNING: {bad} requests failed; see error_kinds / first_error in the JSON")
     return 1 if bad else 0
+
+
+def log_row(x: dict) -> None:
+    log(f"  rerank={x['mode'] == 'rerank'} clients={x['clients']} caches={x['caches']}: {x['throughput_qps']:.2f} q/s, "
+        f"p50 {x.get('p50_ms') or 0:.0f} ms, p95 {x.get('p95_ms') or 0:.0f} ms, cache hits {x['cache_hits']}, "
+        f"errors {x['errors']}" + (f" ({x['first_error']})" if x["errors"] else ""))
+
+
+def start_server(index: Path, extra: list[str], server_log: Path, ready_timeout: float, meta: dict, key: str
+                 ) -> tuple[subprocess.Popen, int]:
+    """`retriever serve INDEX` on a free loopback port, waited for until /readyz answers 200."""
+    port = free_port()
+    cmd = [*retriever_command(), "serve", str(index), "--host", HOST, "--port", str(port), *extra]
+    log(f"starting {' '.join(cmd)} (log: {server_log})")
+    with open(server_log, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = perf()
+    try:
+        ready = wait_ready(proc, port, ready_timeout)
+    except BaseException:
+        stop(proc, server_log)
+        raise
+    meta[key] = {"command": cmd, "ready_s": round(perf() - t0, 1), "readyz": ready}
+    _, stats = get_json(port, "/v1/stats")
+    meta[key]["stats"] = {k: stats.get(k) for k in ("documents", "vectors", "index_kind", "server", "caches")}
+    log(f"server ready in {meta[key]['ready_s']} s: {stats.get('server')}")
+    return proc, port
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,8 +82,11 @@ def index_for(name: str, docs) -> Path:
     if not (path / "manifest.json").is_file():
         log(f"{name}: building an index of {len(docs)} documents at {path}")
         t0 = perf()
-        with Retriever.create(path, RetrieverConfig()) as r:
+        tmp = path.with_name(path.name + ".building")  # renamed into place when complete: a killed run leaves none
+        shutil.rmtree(tmp, ignore_errors=True)
+        with Retriever.create(tmp, RetrieverConfig()) as r:
             rep = r.upsert(docs)
+        tmp.rename(path)
         log(f"{name}: {rep.documents} documents, {rep.vectors} vectors in {perf() - t0:.0f} s")
     return path
 

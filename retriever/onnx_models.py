@@ -7,7 +7,9 @@
   per channel) and cached under a key made of the weights' sha256, so a changed model is exported again.
 
 Sessions take their intra-op thread count from `runtime.onnx_threads()` (onnxruntime keeps its own pool per
-session, so it does not depend on the calling thread, unlike torch's OpenMP setting).
+session, so it does not depend on the calling thread, unlike torch's OpenMP setting). The cross-encoder's threads
+sleep between parallel steps instead of spin-waiting unless `[rerank] thread_spinning` (issue 16: spinning halved
+uncached reranked throughput on 2 cores shared by search threads; scores are identical either way).
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ EXPORT_VERSION = 2  # bump when the export recipe changes: the cache key include
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _session(path: Path):
+def _session(path: Path, *, spinning: bool = True):
+    """An onnxruntime CPU session. `spinning` False: the intra-op threads sleep between parallel steps instead of
+    spin-waiting (same results; the spinning cores are free for other threads and processes)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -40,6 +44,7 @@ def _session(path: Path):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -88,12 +93,15 @@ def onnx_cross_encoder_files(folder: str | Path) -> tuple[Path, Path] | None:
 
 class OnnxCrossEncoder:
     """`predict(pairs)` → sigmoid of the logit per (query, passage) pair, as sentence-transformers' CrossEncoder
-    gives for a one-label model. Pairs are tokenized by `tokenizers` and truncated to `max_length` tokens."""
+    gives for a one-label model. Pairs are tokenized by `tokenizers` and truncated to `max_length` tokens.
+    `spinning`: see `_session` (`[rerank] thread_spinning`)."""
 
-    def __init__(self, model_file: str | Path, tokenizer_file: str | Path, max_length: int):
+    def __init__(self, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
+                 spinning: bool = False):
         self.model_file = Path(model_file)
         self.max_length = max_length
-        self.session = _session(self.model_file)
+        self.spinning = spinning
+        self.session = _session(self.model_file, spinning=spinning)
         self._inputs = _input_names(self.session)
         self.tokenizer = _tokenizer(Path(tokenizer_file), max_length)
         outputs = self.session.get_outputs()

@@ -18,14 +18,15 @@ BACKENDS = tuple(CROSS_ENCODERS)
 
 class Reranker:
     def __init__(self, model: str, *, backend: str = "onnx", batch_size: int = 0, max_length: int = 384,
-                 device: str = "cpu"):
+                 device: str = "cpu", thread_spinning: bool = False):
         cls = backend_class("rerank", backend)
         self.name = model
         self.backend = backend
         self.batch_size = batch_size or cls.default_batch_size  # 0 = auto: the backend's (onnx 1, torch 8)
         self.max_length = max_length
         self.device = device
-        self._loader = LazyBackend(cls, model, device=device, max_length=max_length)
+        self.thread_spinning = thread_spinning  # onnx: spin-waiting intra-op threads; never changes a score
+        self._loader = LazyBackend(cls, model, device=device, max_length=max_length, spinning=thread_spinning)
         self.pair_seconds = 0.0  # running average cost of one pair (0 until the first batch ran)
 
     @classmethod
@@ -33,7 +34,7 @@ class Reranker:
         """From a `RetrieverConfig` (its [rerank] section; the device of [embedding])."""
         r = config.rerank
         return cls(r.model, backend=r.backend, batch_size=r.batch_size, max_length=r.max_length,
-                   device=config.embedding.device)
+                   device=config.embedding.device, thread_spinning=r.thread_spinning)
 
     @property
     def key(self) -> tuple:

@@ -58,7 +58,7 @@ class OnnxRanker(CrossEncoderBackend):
     load_settings = staticmethod(_session_threads)
 
     @classmethod
-    def load(cls, path: str, *, label: str, device: str, max_length: int) -> "OnnxRanker":
+    def load(cls, path: str, *, label: str, device: str, max_length: int, spinning: bool = False) -> "OnnxRanker":
         from ..onnx_models import OnnxCrossEncoder, onnx_cross_encoder_files
 
         files = onnx_cross_encoder_files(path)
@@ -66,7 +66,7 @@ class OnnxRanker(CrossEncoderBackend):
             raise InputError(f"rerank.backend = 'onnx' needs the builtin or a local folder with model.onnx and "
                              f"tokenizer.json; {label!r} is neither. Use rerank.backend = 'torch' for "
                              f"sentence-transformers CrossEncoder models")
-        return cls(OnnxCrossEncoder(*files, max_length=max_length))
+        return cls(OnnxCrossEncoder(*files, max_length=max_length, spinning=spinning))
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> Sequence:
         return self.model.encode_pairs(pairs)

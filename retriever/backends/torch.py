@@ -53,7 +53,8 @@ class TorchRanker(CrossEncoderBackend):
     resolve = staticmethod(resolve_reranker)
 
     @classmethod
-    def load(cls, path: str, *, label: str, device: str, max_length: int) -> "TorchRanker":
+    def load(cls, path: str, *, label: str, device: str, max_length: int, spinning: bool = False) -> "TorchRanker":
+        """`spinning` is onnxruntime's (`[rerank] thread_spinning`); torch keeps its own OpenMP settings."""
         from sentence_transformers import CrossEncoder
 
         return cls(CrossEncoder(path, device=device, max_length=max_length))
