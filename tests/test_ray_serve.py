@@ -92,6 +92,33 @@ def _reader_pids(shard: int) -> set[int]:
     return pids
 
 
+def _kill_readers_for(shard: int, seconds: float) -> set[int]:
+    """SIGKILL every reader process of `shard`, and each one Serve starts again, for `seconds`, so the shard has
+    no live reader for longer than [server] shard_timeout_ms (Serve restarts a replica in about a second here:
+    one kill alone can be healed within the router's wait). Replica processes carry their deployment's name in
+    their title."""
+    from pathlib import Path
+
+    killed: set[int] = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) in killed:
+                continue
+            try:
+                title = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"shard-{shard}-reader".encode() in title and b"ServeReplica" in title:
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.add(int(proc.name))
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.05)
+    return killed
+
+
 class Load:
     """Searches in a loop on a thread, recording (status, partial, missed shards)."""
 
@@ -124,8 +151,9 @@ def test_killed_replicas_are_restarted_and_a_shard_with_none_is_reported_partial
         os.kill(one, signal.SIGKILL)  # one of shard 1's two readers: the other answers
         time.sleep(3)
         answered = len(load.results)
-        for pid in _reader_pids(2):
-            os.kill(pid, signal.SIGKILL)  # every reader of shard 2
+        first = _reader_pids(2)
+        killed = _kill_readers_for(2, seconds=6)  # every reader of shard 2, and their restarts, for 6 s (> 3 s)
+        assert first <= killed, (first, killed)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(p for _, p, _ in load.results[answered:]):
             time.sleep(0.2)
