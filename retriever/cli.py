@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_backup import add_backup_parsers, cmd_backup, cmd_restore
 from .inputs import MODES
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,20 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("index", metavar="DIR", help="an index directory, or a backup folder (DEST of `retriever backup`)")
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("backup", help="a verified, consistent copy of an index, safe while it is served and written")
-    s.add_argument("index", metavar="DIR")
-    s.add_argument("dest", metavar="DEST", help="a new (or empty) folder outside DIR")
-    s.add_argument("--url", metavar="URL",
-                   help="the server writing DIR (e.g. http://127.0.0.1:8000): it takes the backup under its writer "
-                        "lock (POST /v1/admin/backup, token from $RETRIEVER_API_TOKEN); DEST is then a path on "
-                        "its machine, directly inside the server's [server] backup_dir. Needed while a server writes DIR")
-    s.add_argument("--json", action="store_true")
-
-    s = sub.add_parser("restore", help="restore a backup into an index directory, verified before it is in place")
-    s.add_argument("backup", metavar="DEST", help="a backup folder made by `retriever backup`")
-    s.add_argument("index", metavar="DIR", help="the index directory to restore into (new or empty)")
-    s.add_argument("--force", action="store_true", help="replace a non-empty DIR (never one a process is writing)")
-    s.add_argument("--json", action="store_true")
+    add_backup_parsers(sub)
 
     s = sub.add_parser("rebuild", help="rebuild FAISS from the vectors stored in DuckDB (no re-embedding): "
                                       "retrain IVF/PQ, compact HNSW, or change the index kind")
@@ -262,9 +250,7 @@ def cmd_verify(args) -> int:
     if is_backup(args.index):
         return _report_verify(verify_backup(args.index), None, args.json)
     with Retriever.open(args.index, read_only=True) as r:
-        rep = r.verify()
-        recovered = r.recovered
-    return _report_verify(rep, recovered, args.json)
+        return _report_verify(r.verify(), r.recovered, args.json)
 
 
 def _report_verify(rep, recovered: str | None, as_json: bool) -> int:
@@ -278,67 +264,6 @@ def _report_verify(rep, recovered: str | None, as_json: bool) -> int:
         print("ok" if rep.ok else "problems:\n  " + "\n  ".join(rep.problems))
         _warn(rep.warnings)
     return 0 if rep.ok else 1
-
-
-def cmd_backup(args) -> int:
-    from . import Retriever
-    from .errors import WriterBusy
-
-    if args.url:
-        report = _backup_through(args.url, str(Path(args.dest).absolute()))
-    else:
-        try:
-            r = Retriever.open(args.index)
-        except WriterBusy as e:
-            return _bad(f"{e}. If that process is `retriever serve`, take the backup through it: retriever backup "
-                        f"{args.index} {args.dest} --url http://HOST:PORT (it copies under its writer lock); or stop "
-                        f"it first")
-        with r:
-            report = r.backup(args.dest).to_dict()
-    return _emit(report, args.json, f"backed up {report['documents']} documents ({report['files']} files, "
-                 f"{report['bytes']:,} bytes) to {report['dest']} in {report['seconds']:.1f}s; check it with "
-                 f"`retriever verify {report['dest']}`")
-
-
-def _emit(out: dict, as_json: bool, text: str) -> int:
-    print(json.dumps(out, indent=2) if as_json else text)
-    return 0
-
-
-def _backup_through(url: str, dest: str) -> dict:
-    """POST /v1/admin/backup to the server writing the index."""
-    import os
-    import urllib.error
-    import urllib.request
-
-    from .errors import InputError, RetrieverError
-
-    headers = {"content-type": "application/json"}
-    if os.environ.get("RETRIEVER_API_TOKEN"):
-        headers["authorization"] = f"Bearer {os.environ['RETRIEVER_API_TOKEN']}"
-    req = urllib.request.Request(url.rstrip("/") + "/v1/admin/backup", data=json.dumps({"dest": dest}).encode(),
-                                 headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=3600) as resp:
-            return json.loads(resp.read())["backup"]
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(e)
-        cls = InputError if 400 <= e.code < 500 else RetrieverError
-        raise cls(f"--url {url}: the server refused the backup (HTTP {e.code}): {message}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise InputError(f"--url {url}: no server answers there ({e}); pass the address `retriever serve` "
-                         f"printed") from None
-
-
-def cmd_restore(args) -> int:
-    from .backup import restore_backup
-
-    out = restore_backup(args.backup, args.index, force=args.force)
-    return _emit(out, args.json, f"restored {out['documents']} documents from {out['from']} (taken "
-                 f"{out['created_at']}) into {out['restored']}; verified: FAISS, lexical arm and ids match DuckDB")
 
 
 def cmd_rebuild(args) -> int:
