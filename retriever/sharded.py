@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -33,6 +32,7 @@ from .models_in_use import ModelsInUse
 from .prepared import Prepared, prepare
 from .results import DeleteReport, Hit, UpsertReport, VerifyReport
 from .searcher import Searcher, SearchTrace
+from .store import Row
 from .sharding import SHARDS, check_shard_count, read_layout, shard_dir_name, shard_of, write_layout
 from .vectors import as_unit_vectors
 
@@ -40,9 +40,11 @@ from .vectors import as_unit_vectors
 def relabel(result, shard: int, n: int):
     """One shard's (candidates, orders, rows) with its vids made unique across shards: vid * n + shard."""
     cands, orders, rows = result
-    new_rows = {v * n + shard: replace(r, vid=v * n + shard) for v, r in rows.items()}
-    for c in cands.values():
-        c.passages = {v * n + shard: replace(p, vid=v * n + shard) for v, p in c.passages.items()}
+    new_rows = {v * n + shard: Row(v * n + shard, r.id, r.text, r.metadata) for v, r in rows.items()}
+    for c in cands.values():  # the passages are this call's own: relabelled in place (dataclasses.replace cost
+        for p in c.passages.values():  # ~1 ms a query at 4 shards)
+            p.vid = p.vid * n + shard
+        c.passages = {p.vid: p for p in c.passages.values()}
     return cands, orders, new_rows
 
 
