@@ -18,6 +18,8 @@ prints them).
 Pipelines (each in its own subprocess, so peak RSS and thread settings are per pipeline):
   ours         Retriever with the shipped defaults (`RetrieverConfig()`, i.e. configs/default.toml):
                search(q, k=10, rerank=True); retrieve-only is search(q, k=20, rerank=False).
+  ours-serial  the defaults with `[rerank] pair_workers = 1`: one pair at a time on every core, the reranker before
+               pairs ran side by side (same scores; the baseline of that change).
   ours-fp32    the same with `[embedding] backend = "torch"` and `[rerank] backend = "torch"` (the fp32 reference
                path).
   bare         sentence-transformers + faiss.IndexFlatIP + CrossEncoder, no framework (see peers.py).
@@ -59,7 +61,7 @@ EMBEDDER = "builtin:all-MiniLM-L6-v2"
 RERANKER = "builtin:ms-marco-MiniLM-L-12-v2"
 THREADS = 2
 SPEED_QUERIES = 200  # default --queries; rerank_curve.py keeps its holdout out of the queries this picks
-ALL = ["ours", "ours-fp32", "bare", "langchain", "llama-index"]
+ALL = ["ours", "ours-serial", "ours-fp32", "bare", "langchain", "llama-index"]
 PEERS = ["bare", "langchain", "llama-index"]
 QUICK = {"docs": 50, "queries": 3, "batch": 2, "ingest_docs": 50, "ingest_queries": 10}
 
@@ -81,6 +83,9 @@ class OursPipeline(Pipeline):
         if variant == "ours-fp32":
             self.config = self.config.replace(embedding={"backend": "torch"}, rerank={"backend": "torch"})
             self.config_note = 'defaults + [embedding] backend = "torch", [rerank] backend = "torch"'
+        if variant == "ours-serial":
+            self.config = self.config.replace(rerank={"pair_workers": 1})
+            self.config_note = "defaults + [rerank] pair_workers = 1"
         rr = self.config.rerank
         self.config_note += f"; rerank {rr.candidates} candidates at {rr.max_length} tokens"
         self.r = None
@@ -134,7 +139,7 @@ class OursPipeline(Pipeline):
 def make_pipeline(name: str, tmp: Path) -> Pipeline:
     from retriever.models import resolve_embedder, resolve_reranker
 
-    if name in ("ours", "ours-fp32"):
+    if name in ("ours", "ours-serial", "ours-fp32"):
         return OursPipeline(name, tmp)
     import torch
 

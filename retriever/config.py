@@ -83,6 +83,12 @@ class RerankConfig:
     # 16). Scores are the same either way; spinning burns the cores that concurrent searches, the other search
     # threads of a server and any other process need (benchmarks/bench_server.py, bench_reranker_export.py)
     thread_spinning: bool = False
+    # onnx: how many pairs run at once, each on one intra-op thread (a pair still runs alone, so its score is the
+    # same bit for bit); 0 = auto: one per core on onnx, 1 on torch; 1 = one pair at a time on every core (before
+    # issue 16). A process-wide pool, shared by concurrent searches, so they never run more pairs than this at once.
+    # One thread per pair wastes less than two threads on one small matrix: 1.35-1.4x faster on 2 cores
+    # (benchmarks/bench_reranker_export.py --pair-workers)
+    pair_workers: int = field(default=0, metadata=_rule(min=0, max=256))
     # milliseconds the cross-encoder may spend on one search (0 = no limit); past it the hits come back in
     # retrieval order and the trace / HTTP response says `rerank_timed_out`
     budget_ms: float = field(default=0.0, metadata=_rule(min=0, max=600_000))

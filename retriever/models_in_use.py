@@ -37,5 +37,7 @@ class ModelsInUse:
         """Share `other`'s loaded models where the settings match (no second load of the same weights)."""
         if other_config.embedding == config.embedding:
             self.embedder = other.embedder
-        if (other.reranker.key, other_config.rerank.batch_size) == (self.reranker.key, config.rerank.batch_size):
+        how = ("batch_size", "thread_spinning", "pair_workers")  # how it runs: a loaded session keeps its threads
+        if (other.reranker.key, *(getattr(other_config.rerank, a) for a in how)) == \
+                (self.reranker.key, *(getattr(config.rerank, a) for a in how)):
             self.reranker = other.reranker

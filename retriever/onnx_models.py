@@ -33,13 +33,14 @@ EXPORT_VERSION = 2  # bump when the export recipe changes: the cache key include
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _session(path: Path, *, spinning: bool = True):
-    """An onnxruntime CPU session. `spinning` False: the intra-op threads sleep between parallel steps instead of
-    spin-waiting (same results; the spinning cores are free for other threads and processes)."""
+def _session(path: Path, *, spinning: bool = True, threads: int = 0):
+    """An onnxruntime CPU session on `threads` intra-op threads (0: `runtime.onnx_threads()`). `spinning` False:
+    the intra-op threads sleep between parallel steps instead of spin-waiting (same results; the spinning cores are
+    free for other threads and processes)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = runtime.onnx_threads()
+    so.intra_op_num_threads = threads or runtime.onnx_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -94,14 +95,15 @@ def onnx_cross_encoder_files(folder: str | Path) -> tuple[Path, Path] | None:
 class OnnxCrossEncoder:
     """`predict(pairs)` → sigmoid of the logit per (query, passage) pair, as sentence-transformers' CrossEncoder
     gives for a one-label model. Pairs are tokenized by `tokenizers` and truncated to `max_length` tokens.
-    `spinning`: see `_session` (`[rerank] thread_spinning`)."""
+    `spinning`, `threads`: see `_session` (`[rerank] thread_spinning`; one thread when pairs run side by side).
+    `predict_encoded` may be called from several threads at once (onnxruntime sessions are thread-safe)."""
 
     def __init__(self, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
-                 spinning: bool = False):
+                 spinning: bool = False, threads: int = 0):
         self.model_file = Path(model_file)
         self.max_length = max_length
         self.spinning = spinning
-        self.session = _session(self.model_file, spinning=spinning)
+        self.session = _session(self.model_file, spinning=spinning, threads=threads)
         self._inputs = _input_names(self.session)
         self.tokenizer = _tokenizer(Path(tokenizer_file), max_length)
         outputs = self.session.get_outputs()

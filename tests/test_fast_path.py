@@ -552,14 +552,16 @@ def test_a_model_loaded_under_another_onnx_thread_count_is_not_reused():
         threads = {}
         for n in (1, 2):
             runtime.configure(onnx_threads=n)
-            r = Reranker(DEFAULT_RERANK_MODEL, backend="onnx")
+            r = Reranker(DEFAULT_RERANK_MODEL, backend="onnx", pair_workers=1)  # one pair at a time, n threads
             e = Embedder(DEFAULT_EMBEDDING_MODEL, backend="onnx")
+            auto = Reranker(DEFAULT_RERANK_MODEL, backend="onnx")  # n pairs side by side, one thread each
             threads[n] = (r.model.session.get_session_options().intra_op_num_threads,
-                          e.model.session.get_session_options().intra_op_num_threads)
+                          e.model.session.get_session_options().intra_op_num_threads,
+                          auto.pair_workers, auto.model.session.get_session_options().intra_op_num_threads)
             assert r.score_pairs([("a question", "an answer")]).shape == (1,)
-        assert threads == {1: (1, 1), 2: (2, 2)}
+        assert threads == {1: (1, 1, 1, 1), 2: (2, 2, 2, 1)}
         runtime.configure(onnx_threads=1)  # and the count asked for before is served from the cache again
-        assert Reranker(DEFAULT_RERANK_MODEL, backend="onnx").model.session.get_session_options(
+        assert Reranker(DEFAULT_RERANK_MODEL, backend="onnx", pair_workers=1).model.session.get_session_options(
         ).intra_op_num_threads == 1
     finally:
         runtime.configure(onnx_threads=before)

@@ -44,3 +44,52 @@ def test_thread_spinning_changes_no_score(model_cache):
     assert np.array_equal(off.score_pairs(PAIRS[2:3]), a[2:3])
     # the rerank-score cache key is unchanged by the option: a cached score stays valid across it
     assert off.key == on.key
+
+
+def test_pair_workers_default_and_checked():
+    assert RetrieverConfig().rerank.pair_workers == 0
+    with pytest.raises(ConfigError, match="pair_workers"):
+        RetrieverConfig().replace(rerank={"pair_workers": -1})
+    from retriever import runtime
+
+    assert Reranker.from_config(RetrieverConfig()).pair_workers == runtime.onnx_threads()  # 0 = one per core
+    assert Reranker.from_config(RetrieverConfig().replace(rerank={"pair_workers": 3})).pair_workers == 3
+    # torch keeps its own threads: one run at a time whatever is asked
+    torch = RetrieverConfig().replace(rerank={"backend": "torch", "pair_workers": 4})
+    assert Reranker.from_config(torch).pair_workers == 1
+
+
+@pytest.mark.real
+def test_pairs_side_by_side_change_no_score(model_cache):
+    """Pairs on two workers of one thread each score exactly as one pair at a time on every core, from one caller
+    or from several at once, and the runs really went to the pool."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = Reranker.from_config(RetrieverConfig().replace(rerank={"pair_workers": 1}))
+    two = Reranker.from_config(RetrieverConfig().replace(rerank={"pair_workers": 2}))
+    pairs = PAIRS * 3
+    a = one.score_pairs(pairs)
+    assert one.model is not two.model
+    assert two.model.session.get_session_options().intra_op_num_threads == 1
+    seen = set()
+    predict = two.model.predict_encoded
+
+    def recording(encodings):
+        seen.add(threading.current_thread().name)
+        return predict(encodings)
+
+    two.model.predict_encoded = recording
+    try:
+        b = two.score_pairs(pairs)
+        with ThreadPoolExecutor(4) as callers:  # concurrent searches share the pool
+            many = list(callers.map(lambda _: two.score_pairs(pairs), range(4)))
+    finally:
+        del two.model.predict_encoded
+    assert np.array_equal(a, b) and all(np.array_equal(a, m) for m in many)
+    assert len(seen) == 2 and all(name.startswith("rerank-pair") for name in seen)
+    assert a[0] > 0.99 and a[1] < 0.001
+    assert one.key == two.key  # cached scores stay valid across the setting
+    # a budget that cannot fit: None, as on one worker
+    two.pair_seconds = 1.0
+    assert two.score_pairs(pairs, budget_s=0.5) is None

@@ -88,6 +88,8 @@ class CrossEncoderBackend(Backend):
     kind = "rerank"
     builtin = BUILTIN_PREFIX + BUILTIN_RERANKERS[0]
     default_batch_size: ClassVar[int]  # pairs per run when the configured batch_size is 0 (auto)
+    # runs may go side by side, one intra-op thread each (`[rerank] pair_workers`); torch keeps its own threads
+    parallel_runs: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, pairs: Sequence[tuple[str, str]]) -> Sequence:

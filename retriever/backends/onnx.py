@@ -54,11 +54,14 @@ class OnnxRanker(CrossEncoderBackend):
     # on the pairs batched with it (search and search_batch would disagree, and a cached score would depend on
     # history); measured 10-15% slower than 8 per batch
     default_batch_size = 1
+    parallel_runs = True  # a session is thread-safe; a run on one thread gives the same scores as on two
     resolve = staticmethod(resolve_onnx_reranker)
     load_settings = staticmethod(_session_threads)
 
     @classmethod
-    def load(cls, path: str, *, label: str, device: str, max_length: int, spinning: bool = False) -> "OnnxRanker":
+    def load(cls, path: str, *, label: str, device: str, max_length: int, spinning: bool = False,
+             threads: int = 0) -> "OnnxRanker":
+        """`threads`: the session's intra-op threads (0: `runtime.onnx_threads()`; 1 when pairs run side by side)."""
         from ..onnx_models import OnnxCrossEncoder, onnx_cross_encoder_files
 
         files = onnx_cross_encoder_files(path)
@@ -66,7 +69,7 @@ class OnnxRanker(CrossEncoderBackend):
             raise InputError(f"rerank.backend = 'onnx' needs the builtin or a local folder with model.onnx and "
                              f"tokenizer.json; {label!r} is neither. Use rerank.backend = 'torch' for "
                              f"sentence-transformers CrossEncoder models")
-        return cls(OnnxCrossEncoder(*files, max_length=max_length, spinning=spinning))
+        return cls(OnnxCrossEncoder(*files, max_length=max_length, spinning=spinning, threads=threads))
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> Sequence:
         return self.model.encode_pairs(pairs)

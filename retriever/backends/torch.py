@@ -53,8 +53,10 @@ class TorchRanker(CrossEncoderBackend):
     resolve = staticmethod(resolve_reranker)
 
     @classmethod
-    def load(cls, path: str, *, label: str, device: str, max_length: int, spinning: bool = False) -> "TorchRanker":
-        """`spinning` is onnxruntime's (`[rerank] thread_spinning`); torch keeps its own OpenMP settings."""
+    def load(cls, path: str, *, label: str, device: str, max_length: int, spinning: bool = False,
+             threads: int = 0) -> "TorchRanker":
+        """`spinning` and `threads` are onnxruntime's (`[rerank] thread_spinning`, pair workers); torch keeps its own
+        OpenMP settings."""
         from sentence_transformers import CrossEncoder
 
         return cls(CrossEncoder(path, device=device, max_length=max_length))
