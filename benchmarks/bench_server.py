@@ -27,8 +27,9 @@ What it does:
      sent the same texts (issue 16: 250 q/s at 16 ms p50), kept as the cached baseline;
   6. SIGTERM to that server; then two read-only servers at once, `retriever serve DIR --read-only --config
      caches-off-J.toml`, both with `[cache] query_embeddings = 0` and `rerank_scores = 0` (cold by construction,
-     whatever the texts): "off" with today's defaults, "off, spinning (before)" also with `[rerank]
-     thread_spinning = true` (onnxruntime's intra-op threads spin-waiting, as before issue 16); reranked rows at 1, 4 and 16 clients with new distinct
+     whatever the texts): "off" with today's defaults, "off, before" also with `[rerank]
+     thread_spinning = true` and `pair_workers = 1` (the reranker before issue 16: onnxruntime's intra-op threads
+     spin-waiting, one pair at a time on every core); reranked rows at 1, 4 and 16 clients with new distinct
      texts, the two servers' rows interleaved (the order alternating) so the machine's noise hits both alike;
   7. SIGTERM to the servers (also when something failed), one table on stdout and a side-by-side of the reranked
      rows (cached / distinct texts with caches on / caches off / caches off as before), every number in
@@ -66,7 +67,8 @@ K = 10
 FLOOR_WARMUP = 3
 COLD_CONFIG = "[cache]\nquery_embeddings = 0\nrerank_scores = 0\n"
 # the caches-off servers (label: --config): today's defaults, and the cross-encoder's threads as before issue 16
-COLD = {"off": COLD_CONFIG, "off, spinning (before)": COLD_CONFIG + "[rerank]\nthread_spinning = true\n"}
+COLD = {"off": COLD_CONFIG,
+        "off, before": COLD_CONFIG + "[rerank]\nthread_spinning = true\npair_workers = 1\n"}
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -349,8 +351,8 @@ def main() -> int:
           f"'on, texts repeated' rows ({meta['texts_note']}); caches: 'on' = the shipped sizes, a hit would show in "
           f"the 'cache hits' column; 'on, texts repeated' = the previous row's texts again, answered by the caches; "
           f"'off' = a server with [cache] query_embeddings = 0 and rerank_scores = 0 (cold by construction); "
-          f"'off, spinning (before)' = the same plus [rerank] thread_spinning = true (onnxruntime's threads as before "
-          f"issue 16); the 'off' servers run at once, their rows interleaved")
+          f"'off, before' = the same plus [rerank] thread_spinning = true and pair_workers = 1 (the reranker "
+          f"before issue 16); the 'off' servers run at once, their rows interleaved")
     print(common.table(
         ["mode", "clients", "caches", "requests", "errors", "q/s", "p50 ms", "p95 ms", "p99 ms", "server p50",
          "cache hits", "others"],
