@@ -120,6 +120,10 @@ def verify(gen, models, fallbacks: int, *, check_model: bool = True) -> VerifyRe
     with gen.rw.read():
         problems += _check_vectors(gen, checks)
         problems += _check_lexical(gen, checks)
+        fields = gen.store.field_problems()
+        if gen.store.fields:
+            checks["metadata_fields"] = not fields
+        problems += [f"{p} (run `retriever rebuild {gen.root}`)" for p in fields]
     if check_model:
         try:
             models.checked = False
@@ -195,11 +199,15 @@ def store_tuning(gen, report, k: int) -> None:
 
 
 def rebuild(gen, index: dict | None) -> int:
-    """Rebuild FAISS and the lexical arm from DuckDB with the [index] settings changed by `index`; then save."""
+    """Rebuild FAISS, the lexical arm and the typed metadata fields from DuckDB's rows, with the [index] settings
+    changed by `index`; then save."""
     config = gen.config.replace(index=index) if index else gen.config
     with gen.write_lock:
         n = gen.store.count()
         plan = plan_index(config.index, gen.index.dim, n, strict=True)  # bad settings fail before any work
+        if gen.store.fields:
+            with gen.rw.write():
+                gen.store.refill_fields()
         gen.rebuild_lexical()
         old = gen.manifest.index
         built, trained = build_index(gen.store, gen.index.dim, config.index, plan)

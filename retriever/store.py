@@ -207,6 +207,33 @@ class Store:
         self.fields = fields
         return len(vids)
 
+    def field_problems(self, sample: int = 64) -> list[str]:
+        """The typed columns against the JSON they are derived from: the same vids as `documents`, and a sample of
+        rows (evenly spread) holding the values their metadata gives. [] when no field is declared."""
+        if not self.fields:
+            return []
+        cur = self._cursor()
+        have = cur.execute(f"SELECT vid FROM {typed.TABLE} ORDER BY vid").fetchnumpy()["vid"].astype(np.int64)
+        vids = self.vids()
+        if not np.array_equal(have, vids):
+            return [f"the typed metadata fields hold {len(have)} rows and `documents` {len(vids)}, and their vids differ"]
+        if not len(vids):
+            return []
+        pick = vids[np.unique(np.linspace(0, len(vids) - 1, min(sample, len(vids))).astype(int))].tolist()
+        rows = cur.execute("SELECT id, metadata FROM documents WHERE vid IN (SELECT unnest(?::BIGINT[])) ORDER BY vid",
+                           [pick]).fetchall()
+        want = typed.column_values(self.fields, [r[0] for r in rows], [json.loads(r[1]) for r in rows])
+        cols = list(want)
+        got = cur.execute(f"SELECT {', '.join(cols)} FROM {typed.TABLE} WHERE vid IN (SELECT unnest(?::BIGINT[])) "
+                          f"ORDER BY vid", [pick]).fetchall()
+        wrong = [rows[i][0] for i, row in enumerate(got) if list(row) != [want[c][i] for c in cols]]
+        return [f"the typed metadata fields of {len(wrong)} of {len(pick)} sampled documents differ from their "
+                f"metadata (first: {wrong[0]!r})"] if wrong else []
+
+    def refill_fields(self) -> int:
+        """The `fields` table made again from every row's stored metadata (what `rebuild` does); the row count."""
+        return self.add_fields(dict(self.fields)) if self.fields else 0
+
     @staticmethod
     def _log(con, op: str, vids: np.ndarray) -> int:
         if len(vids):

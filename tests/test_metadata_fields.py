@@ -236,6 +236,33 @@ def test_writes_keep_the_typed_columns_in_step(tmp_path):
         assert len(_typed(r, {"n": 7})) == 10 and len(_typed(r, {"n": 5})) > 1  # the chunks of "long" too
 
 
+def test_verify_checks_the_typed_columns_and_rebuild_makes_them_again(tmp_path):
+    """A typed value changed, or a row lost, behind the store's back: verify names it and says to rebuild; rebuild
+    fills the table again from the stored JSON, and the typed filters give the JSON's rows again."""
+    from retriever.metadata_fields import value_column
+
+    with _create(tmp_path / "i", RetrieverConfig().replace(metadata={"fields": FIELDS})) as r:
+        r.upsert(DOCS)
+        rep = r.verify(check_model=False)
+        assert rep.ok and rep.checks["metadata_fields"] is True, rep.problems
+        con = r.store.con
+        con.execute(f"UPDATE fields SET {value_column('n')} = 424242 WHERE vid = (SELECT min(vid) FROM fields)")
+        rep = r.verify(check_model=False)
+        assert not rep.ok and rep.checks["metadata_fields"] is False
+        said = " ".join(rep.problems)
+        assert "differ from their metadata" in said and "'d000'" in said and "retriever rebuild" in said, said
+        assert _typed(r, {"n": 424242}) != _json(r, {"n": 424242})  # the damage is real
+        con.execute("DELETE FROM fields WHERE vid = (SELECT max(vid) FROM fields)")
+        said = " ".join(r.verify(check_model=False).problems)
+        assert f"hold {len(DOCS) - 1} rows and `documents` {len(DOCS)}" in said, said
+        r.rebuild()
+        rep = r.verify(check_model=False)
+        assert rep.ok and rep.checks["metadata_fields"] is True, rep.problems
+        assert _field_rows(r) == len(DOCS)
+        for f in ({"n": 424242}, {"n": 1}, {"tags": "x"}, {"meta.k": {"$gte": 1}}):
+            assert _typed(r, f) == _json(r, f), f
+
+
 @pytest.mark.parametrize("meta, words", [
     ({"n": "2020"}, "'n' is declared 'int'"),
     ({"n": 1.0}, "'n' is declared 'int'"),
