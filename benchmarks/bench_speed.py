@@ -20,7 +20,7 @@ Pipelines (each in its own subprocess, so peak RSS and thread settings are per p
                search(q, k=10, rerank=True); retrieve-only is search(q, k=20, rerank=False).
   ours-serial  the defaults with `[rerank] pair_workers = 1`: one pair at a time on every core, the reranker before
                pairs ran side by side (same scores; the baseline of that change).
-  ours-fp32    the same with `[embedding] backend = "torch"` and `[rerank] backend = "torch"` (the fp32 reference
+  ours-fp32    the defaults with `[embedding] backend = "torch"` and `[rerank] backend = "torch"` (the fp32 reference
                path).
   bare         sentence-transformers + faiss.IndexFlatIP + CrossEncoder, no framework (see peers.py).
   langchain    langchain-community FAISS + HuggingFaceEmbeddings, RecursiveCharacterTextSplitter(1000, 200),

@@ -86,8 +86,8 @@ class RerankConfig:
     # onnx: how many pairs run at once, each on one intra-op thread (a pair still runs alone, so its score is the
     # same bit for bit); 0 = auto: one per core on onnx, 1 on torch; 1 = one pair at a time on every core (before
     # issue 16). A process-wide pool, shared by concurrent searches, so they never run more pairs than this at once.
-    # One thread per pair wastes less than two threads on one small matrix: 1.35-1.4x faster on 2 cores
-    # (benchmarks/bench_reranker_export.py --pair-workers)
+    # One thread per pair wastes less than two threads on one small matrix: reranked p95 400 vs 461 ms on 2 cores
+    # (benchmarks/bench_speed.py, ours vs ours-serial; bench_server.py's "off, before" server under load)
     pair_workers: int = field(default=0, metadata=_rule(min=0, max=256))
     # milliseconds the cross-encoder may spend on one search (0 = no limit); past it the hits come back in
     # retrieval order and the trace / HTTP response says `rerank_timed_out`
