@@ -20,7 +20,7 @@ from typing import Sequence
 from . import runtime
 from .config import RetrieverConfig
 from .errors import IndexMismatchError, RetrieverError
-from .index_plan import check_settings, plan_index
+from .index_plan import TRAINED_KINDS, check_settings, plan_index
 from .lexical import LEXICAL, LexicalIndex, install, open_lexical
 from .locks import ReadWriteLock
 from .manifest import Manifest, SnapshotRecord, now, open_config
@@ -61,6 +61,8 @@ class Generation:
                           else -1)
         self.closed = False
         self._pending_warned = False
+        # a shard of a sharded index: an IVF/PQ index is trained for every shard at once (`codebook`), not here
+        self.shared_training = False
         self.rescore = DEFAULT_RESCORE
         self.apply_search_settings()
 
@@ -304,6 +306,8 @@ class Generation:
         n = self.store.count()
         requested = self.config.index.kind
         plan = plan_index(self.config.index, self.index.dim, n, strict=False)
+        if self.shared_training and (plan.kind in TRAINED_KINDS or plan.pending in TRAINED_KINDS):
+            return  # the sharded index trains one codebook for all its shards at its save (codebook.share_when_due)
         if plan.kind == "flat":
             if plan.pending and n and not self._pending_warned:
                 log.warning("%s: %s", self.root, plan.reason)

@@ -198,23 +198,35 @@ def store_tuning(gen, report, k: int) -> None:
         log.warning("index.%s is set in the config and overrides the tuned value", overridden[0])
 
 
-def rebuild(gen, index: dict | None) -> int:
+def rebuild(gen, index: dict | None, codebook=None) -> int:
     """Rebuild FAISS, the lexical arm and the typed metadata fields from DuckDB's rows, with the [index] settings
-    changed by `index`; then save."""
+    changed by `index`; then save. `codebook`: a sharded index's one training (its plan, checked on the whole
+    corpus), used instead of training on this store alone."""
     config = gen.config.replace(index=index) if index else gen.config
     with gen.write_lock:
         n = gen.store.count()
-        plan = plan_index(config.index, gen.index.dim, n, strict=True)  # bad settings fail before any work
+        # bad settings fail before any work
+        plan = codebook.plan if codebook is not None else plan_index(config.index, gen.index.dim, n, strict=True)
         if gen.store.fields:
             with gen.rw.write():
                 gen.store.refill_fields()
         gen.rebuild_lexical()
         old = gen.manifest.index
-        built, trained = build_index(gen.store, gen.index.dim, config.index, plan)
+        built, trained = build_index(gen.store, gen.index.dim, config.index, plan, codebook)
         same = old.get("kind") == plan.kind and old.get("params") == plan.params
         gen.swap_index(built, index_meta(plan, config.index.kind, trained, old.get("tuned") if same else None), config)
         gen.save()
     return n
+
+
+def adopt_codebook(gen, codebook) -> None:
+    """Rebuild only FAISS, from the stored vectors and a sharded index's shared codebook (nothing trained here);
+    saved at the next save. The tuned search settings stay when the kind and parameters do."""
+    with gen.write_lock:
+        built, trained = build_index(gen.store, gen.index.dim, gen.config.index, codebook.plan, codebook)
+        old, plan = gen.manifest.index, codebook.plan
+        same = old.get("kind") == plan.kind and old.get("params") == plan.params
+        gen.swap_index(built, index_meta(plan, gen.config.index.kind, trained, old.get("tuned") if same else None))
 
 
 def add_metadata_fields(gen, fields: dict[str, str]) -> dict[str, Any]:

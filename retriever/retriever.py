@@ -322,13 +322,33 @@ class Retriever:
             maintenance.store_tuning(self._gen, report, report.k)
         return report
 
-    def rebuild(self, index: dict | None = None) -> int:
+    def rebuild(self, index: dict | None = None, *, codebook=None) -> int:
         """Rebuild FAISS from the vectors stored in DuckDB (no re-embedding), retraining IVF/PQ on a fresh sample,
         compacting masked HNSW vectors, and re-deciding `auto`; then save. `index` changes [index] settings,
-        e.g. ``rebuild({"kind": "hnsw"})``: they are checked against the corpus before any work. Returns the
+        e.g. ``rebuild({"kind": "hnsw"})``: they are checked against the corpus before any work. `codebook` (a
+        `codebook.SharedCodebook`, what a sharded index passes its shards) replaces the training. Returns the
         vector count."""
         self._gen.check_writable()
-        return maintenance.rebuild(self._gen, index)
+        return maintenance.rebuild(self._gen, index, codebook)
+
+    def adopt_codebook(self, codebook) -> None:
+        """Rebuild FAISS from the stored vectors with a sharded index's one IVF/PQ training (`codebook`), saved at
+        the next save; the lexical arm and the store are untouched."""
+        self._gen.check_writable()
+        maintenance.adopt_codebook(self._gen, codebook)
+
+    @property
+    def closed(self) -> bool:
+        return self._gen.closed
+
+    @property
+    def shared_training(self) -> bool:
+        """True for a shard of a sharded index: its IVF/PQ index is trained with its siblings', not alone."""
+        return self._gen.shared_training
+
+    @shared_training.setter
+    def shared_training(self, value: bool) -> None:
+        self._gen.shared_training = bool(value)
 
     def add_metadata_fields(self, fields: dict[str, str]) -> dict[str, Any]:
         """Filter these metadata fields ({name: type}, e.g. ``{"year": "int", "tags": "list[str]"}``) through

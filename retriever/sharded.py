@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import codebook
 from .config import RetrieverConfig
 from .documents import CHUNK_SEPARATOR, Document, validate_documents
 from .errors import InputError, RetrieverError, ShardUnavailable
@@ -148,6 +149,10 @@ class ShardedRetriever:
         first = shards[0]
         for s in shards[1:]:  # one embedder and one cross-encoder for all, checked once
             s.adopt_models(first)
+        # in-process shards (not Ray Serve's remote ones) train IVF/PQ together, on a sample across them
+        self._local = all(hasattr(s, "adopt_codebook") for s in shards)
+        for s in shards if self._local else ():
+            s.shared_training = True
         self._models = first.models
         self.searcher = ShardedSearcher([s.searcher for s in shards], self._models, first.config.cache)
 
@@ -183,12 +188,24 @@ class ShardedRetriever:
         return cls(root, layout, opened)
 
     def save(self) -> None:
+        """Save every shard; first, when the corpus's IVF/PQ kind can be trained and a shard still waits for it
+        (or the shards' codebooks differ), train one codebook for all of them (`codebook`)."""
+        self._share_training()
         for s in self.shards:
             s.save()
 
+    def _share_training(self) -> None:
+        if self._local and not self.read_only and not any(s.closed for s in self.shards):
+            codebook.share_when_due(self.shards, self.config)
+
     def close(self) -> None:
+        """Save (writers: sharing the IVF/PQ training first, as `save`) and close every shard."""
         self.searcher.close()
         errors = []
+        try:
+            self._share_training()
+        except Exception as e:  # the shards still save and close; the failure is reported after
+            errors.append(e)
         for s in self.shards:
             try:
                 s.close()
@@ -199,6 +216,7 @@ class ShardedRetriever:
 
     def publish(self) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self._share_training()
         per = [s.publish() for s in self.shards]
         return {"shards": per, "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -408,7 +426,7 @@ class ShardedRetriever:
     def index_status(self) -> dict[str, Any]:
         per = [s.index_status() for s in self.shards]
         warnings = [f"{shard_dir_name(i)}: {w}" for i, p in enumerate(per) for w in p["warnings"]]
-        return {**per[0], "warnings": warnings, "shards": len(per)}
+        return {**per[0], "warnings": warnings, "shards": len(per), **(codebook.status(self.shards) if self._local else {})}
 
     def verify(self, *, check_model: bool = True) -> VerifyReport:
         reports = [s.verify(check_model=check_model and i == 0) for i, s in enumerate(self.shards)]
@@ -418,6 +436,10 @@ class ShardedRetriever:
                         for doc_id in s.store.document_ids())
         if not layout_ok:
             problems += ("documents are on a shard their id does not hash to; re-ingest them",)
+        trained = codebook.status(self.shards) if self._local else {}
+        if any(trained.get("codebooks") or ()) and not trained["shared_codebook"]:
+            warnings += (f"the shards' IVF/PQ codebooks differ ({', '.join(map(str, trained['codebooks']))}): the "
+                         f"merged results are not one index's; run `retriever rebuild` to train one for all",)
         checks = {"shards": len(self.shards), "routing": "ok" if layout_ok else "wrong shard",
                   **{shard_dir_name(i): ("ok" if r.ok else "problems") for i, r in enumerate(reports)}}
         return VerifyReport(ok=not problems, problems=problems, checks=checks, warnings=warnings)
@@ -426,7 +448,9 @@ class ShardedRetriever:
         return [s.tune(target_recall, k, **kw) for s in self.shards]
 
     def rebuild(self, index: dict | None = None) -> int:
-        return sum(s.rebuild(index) for s in self.shards)
+        """Every shard rebuilt; an IVF/PQ kind trained once on a sample across the shards (`codebook`)."""
+        shared = codebook.for_rebuild(self.shards, self.config, index) if self._local else None
+        return sum(s.rebuild(index, codebook=shared) for s in self.shards)
 
     def add_metadata_fields(self, fields: dict[str, str]) -> dict[str, Any]:
         """`Retriever.add_metadata_fields` on every shard, one after the other (each shard in one transaction). A
@@ -443,6 +467,7 @@ class ShardedRetriever:
 
     def reembed(self, model: str, **kw) -> dict[str, Any]:
         per = [s.reembed(model, **kw) for s in self.shards]
+        self.save()  # each shard trained alone on its new vectors: one codebook for all again
         for s in self.shards[1:]:
             s.adopt_models(self.shards[0])
         self._models = self.shards[0].models

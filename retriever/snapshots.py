@@ -25,10 +25,17 @@ def index_meta(plan: IndexPlan, requested: str, trained: dict | None, tuned: dic
             "trained": trained, "tuned": tuned}
 
 
-def build_index(store: Store, dim: int, cfg, plan: IndexPlan) -> tuple[VectorIndex, dict | None]:
-    """A new index of `plan` over every vector in DuckDB; IVF/PQ train first on a seeded random sample of them.
+def build_index(store: Store, dim: int, cfg, plan: IndexPlan, codebook=None) -> tuple[VectorIndex, dict | None]:
+    """A new index of `plan` over every vector in DuckDB; IVF/PQ train first on a seeded random sample of them,
+    or start from `codebook` (a `codebook.SharedCodebook`: a sharded index's one training, no training here).
     Returns (index, training record for the manifest or None). FAISS gets every core while it builds."""
     vids, vecs = store.vectors()
+    if codebook is not None:
+        t0 = time.perf_counter()
+        index = VectorIndex.build(dim, plan, vids, vecs, codebook=codebook.index)
+        log.info("built a %s index over %d vectors from the shared codebook in %.1f s", plan.kind, len(vids),
+                 time.perf_counter() - t0)
+        return index, codebook.record(len(vids))
     trained = None
     sample = None
     if plan.kind in TRAINED_KINDS:

@@ -7,6 +7,7 @@ rebuild compacts the graph. vids are never reused, so a masked vid can never com
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -262,10 +263,38 @@ class VectorIndex:
 
     @classmethod
     def build(cls, dim: int, plan: IndexPlan | str, vids: np.ndarray, vectors: np.ndarray,
-              train_vectors: np.ndarray | None = None) -> "VectorIndex":
-        """A new index over `vectors`; IVF kinds train first on `train_vectors` (default: all of them)."""
-        vi = cls(dim, plan)
+              train_vectors: np.ndarray | None = None, *, codebook: "VectorIndex | None" = None) -> "VectorIndex":
+        """A new index over `vectors`; IVF kinds train first on `train_vectors` (default: all of them), or start
+        from `codebook`, an index trained elsewhere (a sharded index's shared one: no training here)."""
+        vi = codebook.empty_copy() if codebook is not None else cls(dim, plan)
         if not vi.is_trained:
             vi.train(vectors if train_vectors is None else train_vectors)
         vi.add(vids, vectors)
         return vi
+
+    # ------------------------------------------------------------------------------------------ codebook
+    def empty_copy(self) -> "VectorIndex":
+        """The same kind and training (IVF centroids, PQ codebooks, OPQ rotation) holding no vectors (of an
+        index in RAM: FAISS cannot copy memory-mapped lists)."""
+        if self.mmapped:
+            raise InputError("this index is memory-mapped (read-only): open the index for writing to copy its training")
+        index = faiss.clone_index(self.index)
+        index.reset()
+        vi = VectorIndex(self.dim, self.plan, index)
+        if vi.ivf is not None:
+            vi.ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return vi
+
+    def codebook_sha256(self) -> str | None:
+        """sha256 of what training made (the empty trained index, in FAISS's own format); None for kinds that
+        do not train. Two indexes with the same digest assign every vector to the same list and code."""
+        if self.ivf is None or not self.is_trained:
+            return None
+        h = hashlib.sha256(self.kind.encode())
+        h.update(self.ivf.quantizer.reconstruct_n(0, self.ivf.nlist).tobytes())  # the coarse centroids
+        ivfpq = faiss.downcast_index(self.ivf)
+        if isinstance(ivfpq, faiss.IndexIVFPQ):
+            h.update(faiss.vector_to_array(ivfpq.pq.centroids).tobytes())
+        if isinstance(self.index, faiss.IndexPreTransform):  # the OPQ rotation
+            h.update(faiss.vector_to_array(faiss.downcast_VectorTransform(self.index.chain.at(0)).A).tobytes())
+        return h.hexdigest()
