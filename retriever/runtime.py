@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 _wanted_torch: int | None = None
 _wanted_onnx: int | None = None
+_wanted_faiss: int | None = None
 _thread = threading.local()
 
 
@@ -29,7 +30,7 @@ def cores() -> int:
 def configure(torch_threads: int = 0, faiss_threads: int = 1, onnx_threads: int = 0,
               blas_threads: int = 1) -> dict[str, int]:
     """Record and apply the thread counts (0 = one per core). Returns what was set."""
-    global _wanted_torch, _wanted_onnx
+    global _wanted_torch, _wanted_onnx, _wanted_faiss
     import faiss
 
     t = torch_threads or cores()
@@ -37,8 +38,9 @@ def configure(torch_threads: int = 0, faiss_threads: int = 1, onnx_threads: int 
     o = onnx_threads or cores()
     b = blas_threads or cores()
     faiss.omp_set_num_threads(f)
+    _thread.faiss_threads = f
     _set_blas(b)
-    _wanted_torch, _wanted_onnx = t, o
+    _wanted_torch, _wanted_onnx, _wanted_faiss = t, o, f
     if "torch" in sys.modules:
         prepare_thread()
     return {"torch": t, "faiss": f, "onnx": o, "blas": b}
@@ -70,6 +72,18 @@ def prepare_thread() -> None:
 
     torch.set_num_threads(_wanted_torch)
     _thread.torch_threads = _wanted_torch
+
+
+def prepare_faiss_thread() -> None:
+    """Apply the FAISS (OpenMP) thread count in the calling thread: like torch's, it is per thread, so a search in
+    a worker thread (a server's search pool, a sharded index's fan-out) would otherwise run on every core.
+    Called before every FAISS search; a thread-local check after the first."""
+    if _wanted_faiss is None or getattr(_thread, "faiss_threads", None) == _wanted_faiss:
+        return
+    import faiss
+
+    faiss.omp_set_num_threads(_wanted_faiss)
+    _thread.faiss_threads = _wanted_faiss
 
 
 def current() -> dict:

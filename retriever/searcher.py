@@ -177,7 +177,7 @@ class Searcher:
     def retrieve(self, queries: list[str] | None, q: np.ndarray | None, depth: int, where: tuple[str, list] | None,
                  arms: dict[str, bool], documents: bool, trace: SearchTrace
                  ) -> list[tuple[dict[str, Candidate], dict[str, list[str]], dict[int, Row]]]:
-        """The retrieval stages, the seam a sharded index fans out at (`sharded.ShardedSearcher`). Per query: the candidates (key -> Candidate), each arm's order of keys, and the fetched rows; all on
+        """The retrieval stages, the seam a sharded index fans out at (`fanout.ShardedSearcher`). Per query: the candidates (key -> Candidate), each arm's order of keys, and the fetched rows; all on
         one state of the generation (a write lands before or after). Both arms search first, then one DuckDB
         fetch brings the rows of every chunk either found; documents mode widens an arm (4x deeper) only when it
         came back full with fewer than `depth` distinct documents."""

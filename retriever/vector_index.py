@@ -14,6 +14,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from . import runtime
 from .errors import InputError
 from .index_plan import KINDS, TRAINED_KINDS, IndexPlan, default_nprobe
 from .vectors import as_unit_vectors
@@ -191,6 +192,7 @@ class VectorIndex:
         else:
             sel = self._mask_sel[0] if self._mask_sel else None
         params = self._params(k, sel, nprobe, ef_search)
+        runtime.prepare_faiss_thread()  # [runtime] faiss_threads in this thread too (OpenMP's count is per thread)
         try:
             return self.index.search(q, k) if params is None else self.index.search(q, k, params=params)
         finally:

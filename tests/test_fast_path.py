@@ -497,6 +497,32 @@ def test_thread_settings_reach_onnxruntime_and_blas(tmp_path, model_cache, reque
         assert session.get_session_options().intra_op_num_threads == 1
 
 
+def test_faiss_thread_count_applies_in_worker_threads_that_search(small_index, request):
+    """OpenMP's thread count is per thread: a search in a server's or a shard fan-out's worker thread ran FAISS on
+    every core whatever [runtime] faiss_threads said. It now applies in every thread that searches."""
+    import threading
+
+    import faiss
+
+    request.addfinalizer(runtime.configure)
+    q = small_index.checked_embedder().encode_queries(["a query"])
+    seen = {}
+
+    def worker(name):
+        seen[f"{name} before"] = faiss.omp_get_max_threads()
+        small_index.vector_index.search(q, 3, unit=True)
+        seen[name] = faiss.omp_get_max_threads()
+
+    for wanted in (1, 2):
+        runtime.configure(faiss_threads=wanted)
+        t = threading.Thread(target=worker, args=(wanted,))
+        t.start()
+        t.join()
+        assert seen[wanted] == wanted
+    # a new thread starts with OpenMP's default (every core), so one of the two counts was a change to make
+    assert seen["1 before"] != 1 or seen["2 before"] != 2 or runtime.cores() == 1
+
+
 @pytest.mark.real
 def test_onnx_export_reproduces_concatenated_pooling_modes(tmp_path, monkeypatch):
     """A copy of the builtin with cls + mean + max pooling (1,152-d): the onnx path pools like sentence-transformers."""

@@ -76,11 +76,15 @@ def test_a_sigkilled_embedding_actor_is_restarted_and_no_document_is_lost_or_dou
         if len(seen) == 1:
             os.kill(info["pid"], signal.SIGKILL)  # the actor that embedded batch 1, mid-job
 
-    rep = ingest(data, tmp_path / "idx", shards=4, engine="ray", workers=1, config=small_batches(12),
-                 on_batch=kill_first)
+    ivf = small_batches(12).replace(index={"kind": "ivf_flat", "nlist": 2})
+    rep = ingest(data, tmp_path / "idx", shards=4, engine="ray", workers=1, config=ivf, on_batch=kill_first)
     assert (rep.documents, rep.batches, rep.embedded_batches) == (96, 8, 8)
     assert any(pid != seen[0] for pid in seen[1:]), f"no restarted actor embedded a batch: {seen}"
     assert_each_document_once(tmp_path / "idx", docs, 4)
+    with Retriever.open(tmp_path / "idx", read_only=True) as r:  # IVF trained once, on a sample across the shards
+        assert {s.vector_index.kind for s in r.shards} == {"ivf_flat"}
+        assert len({s.vector_index.codebook_sha256() for s in r.shards}) == 1
+        assert r.shards[0].manifest.index["trained"]["shared"]["samples"] == [len(s.vector_index) for s in r.shards]
 
 
 def test_a_job_killed_midway_resumes_without_reembedding_committed_batches(ray_cluster, fitz300, tmp_path):
