@@ -20,6 +20,7 @@ Imported only for `--engine ray`: `import retriever` never imports ray.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -152,6 +153,33 @@ class ShardWriter:
 
 
 # ---------------------------------------------------------------------------------------- the router side
+class ShardCalls:
+    """The router's calls to shard replicas, each awaited on one event loop thread of the router's own, for the
+    search threads that make them. It is the only kind of call Serve allows when it runs throughput-optimized
+    (`RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: gRPC between replicas, handles routed in the caller's loop; a blocking
+    `result()` from a thread is refused), and it costs the same as one in the default mode
+    (`benchmarks/bench_serve_hops.py`)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="shard-calls", daemon=True)
+        self._thread.start()
+
+    def __call__(self, handle, method: str, *args, timeout_s: float):
+        """`handle.method.remote(*args)`, made and awaited on the loop (a handle binds to the loop it is first
+        used in); the caller waits at most `timeout_s` (then the call is cancelled and TimeoutError raised).
+        Errors of the call (a replica that died) are raised here."""
+        async def call():
+            return await getattr(handle, method).remote(*args)
+
+        future = asyncio.run_coroutine_threadsafe(call(), self.loop)
+        try:
+            return future.result(timeout=timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+
 class GenerationView:
     """What the router's query pipeline asks of "the generation": the shards' shared config and manifest."""
 
@@ -178,13 +206,12 @@ class RemoteSearcher:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ShardUnavailable(f"shard {self.shard.index} did not answer within {self.timeout_s * 1000:.0f} ms")
-            response = self.shard.reader.retrieve.remote(queries, q, depth, where, arms, documents, spec,
-                                                         self.shard.min_generation)
             try:
-                out, fields = response.result(timeout_s=left)
+                out, fields = self.shard.calls(self.shard.reader, "retrieve", queries, q, depth, where, arms,
+                                               documents, spec, self.shard.min_generation, timeout_s=left)
                 break
-            except (GetTimeoutError, TimeoutError):
-                response.cancel()
+            except (GetTimeoutError, TimeoutError):  # cancelled; the deadline decides
+                pass
             except (RayActorError, ActorUnavailableError):  # a replica died under the call: try another
                 time.sleep(0.05)
         for s in _STAGES:
@@ -220,15 +247,16 @@ class RemoteStore:
 class RemoteShard:
     """One shard as `ShardedRetriever` sees it: searches go to its readers, everything else to its writer."""
 
-    def __init__(self, index: int, reader, writer, view: GenerationView, models: ModelsInUse, timeout_s: float):
-        self.index, self.reader, self.writer, self.view = index, reader, writer, view
+    def __init__(self, index: int, reader, writer, view: GenerationView, models: ModelsInUse, timeout_s: float,
+                 calls: ShardCalls):
+        self.index, self.reader, self.writer, self.view, self.calls = index, reader, writer, view, calls
         self.models = models
         self.min_generation = 0
         self.searcher = RemoteSearcher(self, view, timeout_s)
         self.store = RemoteStore(self)
 
     def ask(self, what: str, *args):
-        return self.writer.info.remote(what, *args).result(timeout_s=_WRITE_TIMEOUT_S)
+        return self.calls(self.writer, "info", what, *args, timeout_s=_WRITE_TIMEOUT_S)
 
     def _acknowledged(self, generation: int) -> None:
         self.min_generation = max(self.min_generation, generation)
@@ -246,18 +274,18 @@ class RemoteShard:
         self.models = other.models
 
     def write_prepared(self, prepared: Prepared) -> UpsertReport:
-        rep, gen = self.writer.write.remote(prepared.keys, prepared.parents, prepared.rows,
-                                            prepared.vectors).result(timeout_s=_WRITE_TIMEOUT_S)
+        rep, gen = self.calls(self.writer, "write", prepared.keys, prepared.parents, prepared.rows, prepared.vectors,
+                              timeout_s=_WRITE_TIMEOUT_S)
         self._acknowledged(gen)
         return UpsertReport(**rep)
 
     def delete(self, ids: list[str]) -> DeleteReport:
-        rep, gen = self.writer.delete.remote(ids).result(timeout_s=_WRITE_TIMEOUT_S)
+        rep, gen = self.calls(self.writer, "delete", ids, timeout_s=_WRITE_TIMEOUT_S)
         self._acknowledged(gen)
         return DeleteReport(deleted=rep["deleted"], missing=tuple(rep["missing"]), vectors=rep["vectors"])
 
     def get(self, id: str) -> Document | None:
-        return self.writer.get.remote(id).result(timeout_s=_WRITE_TIMEOUT_S)
+        return self.calls(self.writer, "get", id, timeout_s=_WRITE_TIMEOUT_S)
 
     def stats(self) -> dict[str, Any]:
         return self.ask("stats")
@@ -303,7 +331,8 @@ def open_remote(root: str, overrides: dict, readers: list, writers: list):
     view = GenerationView(first, manifest, config)
     models = ModelsInUse(config)
     timeout = config.server.shard_timeout_ms / 1000
-    shards = [RemoteShard(i, readers[i], writers[i], view, models, timeout) for i in range(len(layout["dirs"]))]
+    calls = ShardCalls()
+    shards = [RemoteShard(i, readers[i], writers[i], view, models, timeout, calls) for i in range(len(layout["dirs"]))]
     return ShardedRetriever(root_path, layout, shards)
 
 

@@ -82,11 +82,19 @@ def test_writes_go_to_the_owning_shard_and_are_read_back_at_once(ray_served, tmp
     assert [a - b for a, b in zip(counts, [s["documents"] for s in after["shard_stats"]])] == routed
 
 
+_calls = []
+
+
 def _reader_pids(shard: int) -> set[int]:
+    from retriever.ray_serve import ShardCalls
+
+    if not _calls:  # one loop for the session: a handle binds to the loop it is first awaited in
+        _calls.append(ShardCalls())  # awaited, as the router calls: Serve's default and throughput-optimized modes
+    calls = _calls[0]
     handle = serve.get_deployment_handle(f"shard-{shard}-reader", app_name=APP)
     pids = set()
     for _ in range(40):  # requests spread over the replicas: ask until both have answered
-        pids.add(handle.pid.remote().result(timeout_s=30))
+        pids.add(calls(handle, "pid", timeout_s=30))
         if len(pids) == 2:
             break
     return pids
