@@ -118,13 +118,19 @@ def share_when_due(shards, config, *, force: bool = False) -> SharedCodebook | N
     return codebook
 
 
-def status(shards) -> dict:
-    """What `info` and `verify` say of the shards' training: each shard's digest (first 12 hex) and whether
-    every trained shard uses the same one."""
-    ds = digests(shards)
-    trained = [d for d in ds if d is not None]
-    return {"codebooks": [d[:12] if d else None for d in ds],
-            "shared_codebook": bool(trained) and len(set(trained)) == 1 and len(trained) == len(ds)}
+def status(shards, *, computed: bool = False) -> dict:
+    """What `info` and `verify` say of the shards' training: each shard's codebook digest (first 12 hex; None for a
+    shard whose index does not train) and whether every shard was built from the same shared codebook. From the
+    manifests (cheap: `info` and the stats route ask), or `computed` from the indexes themselves (`verify`: a
+    digest its manifest does not record as the shared one is marked "(alone)")."""
+    shared = [recorded(s) for s in shards]
+    if computed:
+        actual = digests(shards)
+        labels = [None if a is None else a[:12] if a == r else f"{a[:12]} (alone)" for a, r in zip(actual, shared)]
+        shared = [r if r is not None and r == a else None for r, a in zip(shared, actual)]
+    else:
+        labels = [r[:12] if r else None for r in shared]
+    return {"codebooks": labels, "shared_codebook": bool(shared) and None not in shared and len(set(shared)) == 1}
 
 
 def for_rebuild(shards, config, index: dict | None) -> SharedCodebook | None:

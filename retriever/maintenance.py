@@ -211,12 +211,17 @@ def rebuild(gen, index: dict | None, codebook=None) -> int:
             with gen.rw.write():
                 gen.store.refill_fields()
         gen.rebuild_lexical()
-        old = gen.manifest.index
         built, trained = build_index(gen.store, gen.index.dim, config.index, plan, codebook)
-        same = old.get("kind") == plan.kind and old.get("params") == plan.params
-        gen.swap_index(built, index_meta(plan, config.index.kind, trained, old.get("tuned") if same else None), config)
+        _serve_built(gen, built, plan, trained, config)
         gen.save()
     return n
+
+
+def _serve_built(gen, built, plan, trained, config=None) -> None:
+    """Swap a freshly built index in; the tuned search settings stay when the kind and parameters do."""
+    old, requested = gen.manifest.index, (config or gen.config).index.kind
+    same = old.get("kind") == plan.kind and old.get("params") == plan.params
+    gen.swap_index(built, index_meta(plan, requested, trained, old.get("tuned") if same else None), config)
 
 
 def adopt_codebook(gen, codebook) -> None:
@@ -224,9 +229,7 @@ def adopt_codebook(gen, codebook) -> None:
     saved at the next save. The tuned search settings stay when the kind and parameters do."""
     with gen.write_lock:
         built, trained = build_index(gen.store, gen.index.dim, gen.config.index, codebook.plan, codebook)
-        old, plan = gen.manifest.index, codebook.plan
-        same = old.get("kind") == plan.kind and old.get("params") == plan.params
-        gen.swap_index(built, index_meta(plan, gen.config.index.kind, trained, old.get("tuned") if same else None))
+        _serve_built(gen, built, codebook.plan, trained)
 
 
 def add_metadata_fields(gen, fields: dict[str, str]) -> dict[str, Any]:

@@ -360,7 +360,7 @@ class ShardedRetriever:
                         for doc_id in s.store.document_ids())
         if not layout_ok:
             problems += ("documents are on a shard their id does not hash to; re-ingest them",)
-        trained = codebook.status(self.shards) if self._local else {}
+        trained = codebook.status(self.shards, computed=True) if self._local else {}
         if any(trained.get("codebooks") or ()) and not trained["shared_codebook"]:
             warnings += (f"the shards' IVF/PQ codebooks differ ({', '.join(map(str, trained['codebooks']))}): the "
                          f"merged results are not one index's; run `retriever rebuild` to train one for all",)
