@@ -119,8 +119,9 @@ def share_when_due(shards, config, *, force: bool = False) -> SharedCodebook | N
 
 
 def status(shards, *, computed: bool = False) -> dict:
-    """What `info` and `verify` say of the shards' training: each shard's codebook digest (first 12 hex; None for a
-    shard whose index does not train) and whether every shard was built from the same shared codebook. From the
+    """What `info` and `verify` say of the shards' training (nothing when no shard's index trains): each shard's
+    codebook digest (first 12 hex; None for a shard whose index does not train, or trained alone, as read from the
+    manifest) and whether every shard was built from the same shared codebook. From the
     manifests (cheap: `info` and the stats route ask), or `computed` from the indexes themselves (`verify`: a
     digest its manifest does not record as the shared one is marked "(alone)")."""
     shared = [recorded(s) for s in shards]
@@ -130,6 +131,8 @@ def status(shards, *, computed: bool = False) -> dict:
         shared = [r if r is not None and r == a else None for r, a in zip(shared, actual)]
     else:
         labels = [r[:12] if r else None for r in shared]
+    if not any(labels) and not any(s.vector_index.kind in TRAINED_KINDS for s in shards):
+        return {}  # nothing trains (flat, HNSW): nothing to say
     return {"codebooks": labels, "shared_codebook": bool(shared) and None not in shared and len(set(shared)) == 1}
 
 
