@@ -68,9 +68,9 @@ def shared_plan(index_cfg, dim: int, counts: list[int], *, strict: bool) -> Inde
     return plan if plan.kind in TRAINED_KINDS else None
 
 
-def train(stores, dim: int, index_cfg, plan: IndexPlan) -> SharedCodebook:
-    """Train `plan` once on a seeded sample drawn across `stores` (one per shard, in shard order)."""
-    counts = [s.count() for s in stores]
+def train(stores, counts: list[int], dim: int, index_cfg, plan: IndexPlan) -> SharedCodebook:
+    """Train `plan` once on a seeded sample drawn across `stores` (one per shard, in shard order, holding `counts`
+    vectors)."""
     take = shares(counts, training_sample_size(index_cfg, plan, sum(counts)))
     parts = []
     for i, (store, n) in enumerate(zip(stores, take)):
@@ -101,18 +101,18 @@ def recorded(shard) -> str | None:
     return shared.get("sha256")
 
 
-def share_when_due(shards, config, *, force: bool = False) -> SharedCodebook | None:
+def share_when_due(shards, config) -> SharedCodebook | None:
     """Train one codebook and give it to every shard when the corpus's plan trains and a shard still waits with a
-    flat index, or the shards' codebooks differ (or `force`). Returns it, or None when nothing was due."""
-    first = shards[0]
-    plan = shared_plan(config.index, first.vector_index.dim, [s.store.count() for s in shards], strict=False)
+    flat index, or the shards' codebooks differ. Returns it, or None when nothing was due."""
+    first, counts = shards[0], [s.store.count() for s in shards]
+    plan = shared_plan(config.index, first.vector_index.dim, counts, strict=False)
     if plan is None:
         return None
     kinds = [s.vector_index.kind for s in shards]
     trained = {recorded(s) for k, s in zip(kinds, shards) if k in TRAINED_KINDS}
-    if not (force or "flat" in kinds or len(trained) > 1 or None in trained):
+    if not ("flat" in kinds or len(trained) > 1 or None in trained):
         return None
-    codebook = train([s.store for s in shards], first.vector_index.dim, config.index, plan)
+    codebook = train([s.store for s in shards], counts, first.vector_index.dim, config.index, plan)
     for s in shards:
         s.adopt_codebook(codebook)
     return codebook
@@ -143,5 +143,6 @@ def for_rebuild(shards, config, index: dict | None) -> SharedCodebook | None:
         return None
     cfg = (config.replace(index=index) if index else config).index
     dim = shards[0].vector_index.dim
-    plan = shared_plan(cfg, dim, [s.store.count() for s in shards], strict=True)
-    return None if plan is None else train([s.store for s in shards], dim, cfg, plan)
+    counts = [s.store.count() for s in shards]
+    plan = shared_plan(cfg, dim, counts, strict=True)
+    return None if plan is None else train([s.store for s in shards], counts, dim, cfg, plan)

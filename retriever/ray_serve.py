@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from .documents import Document
 from .errors import InputError, RetrieverError, ShardUnavailable
@@ -210,7 +210,7 @@ class RemoteSearcher:
                 out, fields = self.shard.calls(self.shard.reader, "retrieve", queries, q, depth, where, arms,
                                                documents, spec, self.shard.min_generation, timeout_s=left)
                 break
-            except (GetTimeoutError, TimeoutError):  # cancelled; the deadline decides
+            except TimeoutError:  # cancelled by ShardCalls; the deadline decides
                 pass
             except (RayActorError, ActorUnavailableError):  # a replica died under the call: try another
                 time.sleep(0.05)
